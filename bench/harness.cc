@@ -1,0 +1,198 @@
+#include "harness.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cinttypes>
+#include <cstdio>
+#include <thread>
+
+#include "cvmstate/trace.h"
+#include "cvmstate/vm_state.h"
+#include "impls.h"
+
+namespace cvmstate::bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double NsSince(Clock::time_point t0) {
+  return static_cast<double>(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count());
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+
+struct Lookup {
+  uint32_t block;
+  uint64_t page;
+};
+
+struct RunRecord {
+  uint32_t block;
+  uint64_t begin, end;
+  PageState state;
+  bool operator==(const RunRecord& o) const {
+    return block == o.block && begin == o.begin && end == o.end && state == o.state;
+  }
+};
+
+std::vector<RunRecord> Listing(const TrackerImpl& impl, size_t nblocks) {
+  struct Ctx {
+    std::vector<RunRecord>* v;
+    uint32_t block;
+  };
+  std::vector<RunRecord> v;
+  for (size_t b = 0; b < nblocks; ++b) {
+    Ctx ctx{&v, static_cast<uint32_t>(b)};
+    impl.ForEachRun(b, [](void* p, uint64_t a, uint64_t e, PageState s) {
+      auto* c = static_cast<Ctx*>(p);
+      c->v->push_back({c->block, a, e, s});
+    }, &ctx);
+  }
+  return v;
+}
+
+}  // namespace
+
+Status ParseTraceFile(const std::string& path, ParsedTrace* out) {
+  TraceReader reader;
+  Status s = reader.Open(path);
+  if (!s.ok()) return s;
+  VmState vm;
+  std::string_view line;
+  bool too_long;
+  while (reader.Next(&line, &too_long)) {
+    TraceDirective d;
+    s = too_long ? Status::InvalidArgument("line too long") : ParseTraceLine(line, &d);
+    if (s.ok() && d.kind == TraceDirective::Kind::kBlock) {
+      s = vm.AddBlock(d.name, d.size, d.page_size, d.state);
+      if (s.ok()) {
+        const BlockTracker* b = vm.Find(d.name);
+        out->blocks.push_back({d.name, b->size() >> b->page_shift(), b->page_shift(), d.state});
+      }
+    } else if (s.ok() && d.kind == TraceDirective::Kind::kConvert) {
+      const BlockTracker* b = vm.Find(d.name);
+      s = b == nullptr ? Status::InvalidArgument("unknown block '" + d.name + "'") : b->ValidateRange(d.offset, d.size);
+      if (s.ok()) {
+        out->ops.push_back({static_cast<uint32_t>(vm.IndexOf(d.name)), d.state, d.offset >> b->page_shift(),
+                            (d.offset + d.size) >> b->page_shift()});
+      }
+    }
+    if (!s.ok()) {
+      if (out->skipped_lines++ == 0) out->first_error = std::to_string(reader.line_number()) + ": " + s.message();
+    }
+  }
+  return reader.read_status();
+}
+
+BenchReport RunBench(const ParsedTrace& trace, int repeat) {
+  repeat = std::max(repeat, 1);
+  BenchReport report;
+  report.ops = trace.ops.size();
+  // The same random lookups for every implementation.
+  uint64_t total_pages = 0;
+  for (const auto& b : trace.blocks) total_pages += b.pages;
+  std::vector<Lookup> lookups;
+  if (total_pages > 0) {
+    lookups.resize(1 << 20);
+    uint64_t x = 0x243f6a8885a308d3ULL;
+    for (auto& l : lookups) {
+      x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+      uint64_t p = x % total_pages;
+      uint32_t b = 0;
+      while (p >= trace.blocks[b].pages) p -= trace.blocks[b++].pages;
+      l = {b, p};
+    }
+  }
+  std::vector<RunRecord> reference;
+  bool have_reference = false;
+  for (const std::string& name : ImplNames()) {
+    ImplResult r;
+    r.name = name;
+    std::vector<double> apply, lookup, scan;
+    for (int rep = 0; rep < repeat && r.supported; ++rep) {
+      // Build and replay on a thread of its own: when it ends, glibc hands
+      // the chunks cached in its thread cache back to the arena, so the
+      // heap counter sees exactly what the structure still holds.
+      std::unique_ptr<TrackerImpl> impl;
+      double ns = 0;
+      const size_t heap0 = HeapBytesInUse();
+      std::thread builder([&] {
+        impl = MakeImpl(name);
+        for (const auto& b : trace.blocks) {
+          Status s = impl->AddBlock(b.pages, b.initial);
+          if (!s.ok()) {
+            r.supported = false;
+            r.why_unsupported = s.message();
+            return;
+          }
+        }
+        auto t0 = Clock::now();
+        for (const BenchOp& op : trace.ops) impl->Assign(op.block, op.begin, op.end, op.state);
+        ns = NsSince(t0);
+        impl->Finish();
+      });
+      builder.join();
+      if (!r.supported) break;
+      r.bytes = HeapBytesInUse() - heap0;
+      apply.push_back(trace.ops.empty() ? 0 : ns / static_cast<double>(trace.ops.size()));
+      auto t0 = Clock::now();
+
+      unsigned sum = 0;
+      for (const Lookup& l : lookups) sum += static_cast<unsigned>(impl->Get(l.block, l.page));
+      lookup.push_back(lookups.empty() ? 0 : NsSince(t0) / static_cast<double>(lookups.size()));
+      if (sum == 0xffffffffu) std::fputs("", stderr);  // keeps the loop from being optimised away
+
+      struct Count {
+        uint64_t runs = 0, pages = 0;
+      } count;
+      int scans = 0;
+      t0 = Clock::now();
+      do {
+        count = Count{};
+        for (size_t b = 0; b < trace.blocks.size(); ++b) {
+          impl->ForEachSharedRun(b, [](void* p, uint64_t a, uint64_t e, PageState) {
+            auto* c = static_cast<Count*>(p);
+            ++c->runs;
+            c->pages += e - a;
+          }, &count);
+        }
+        ++scans;
+      } while (NsSince(t0) < 2e7 && scans < 1000);  // at least 20 ms of scanning
+      scan.push_back(NsSince(t0) / scans);
+      r.shared_runs = count.runs;
+
+      if (rep == 0) {
+        std::vector<RunRecord> listing = Listing(*impl, trace.blocks.size());
+        r.runs = listing.size();
+        if (!have_reference) {
+          reference = std::move(listing);
+          have_reference = true;
+        } else if (!(listing == reference) && report.agree) {
+          report.agree = false;
+          size_t i = 0;
+          while (i < listing.size() && i < reference.size() && listing[i] == reference[i]) ++i;
+          char buf[256];
+          if (i < reference.size()) {
+            const RunRecord& w = reference[i];
+            std::snprintf(buf, sizeof buf, "%s differs from %s at run %zu (block %s, page %" PRIu64 ")",
+                          name.c_str(), ImplNames()[0].c_str(), i, trace.blocks[w.block].name.c_str(), w.begin);
+          } else {
+            std::snprintf(buf, sizeof buf, "%s has %zu runs, %s has %zu", name.c_str(), listing.size(),
+                          ImplNames()[0].c_str(), reference.size());
+          }
+          report.disagreement = buf;
+        }
+      }
+    }
+    r.apply_ns = Median(apply);
+    r.lookup_ns = Median(lookup);
+    r.scan_shared_ns = Median(scan);
+    report.impls.push_back(std::move(r));
+  }
+  return report;
+}
+
+}  // namespace cvmstate::bench

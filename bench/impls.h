@@ -1,0 +1,54 @@
+// The page-state implementations that `cvmstate replay --impl` and
+// `cvmstate bench` compare: cvmstate's RunMap and three baselines a VMM
+// developer would otherwise pick. Baselines live here, never in the library.
+#ifndef CVMSTATE_BENCH_IMPLS_H_
+#define CVMSTATE_BENCH_IMPLS_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "cvmstate/page_state.h"
+#include "cvmstate/status.h"
+
+namespace cvmstate::bench {
+
+// Receives runs [begin, end) of pages in `state`.
+using RunSink = void (*)(void* ctx, uint64_t begin, uint64_t end, PageState state);
+
+// One small interface for all implementations. Blocks are numbered in the
+// order they were added; callers validate ranges before calling.
+class TrackerImpl {
+ public:
+  virtual ~TrackerImpl() = default;
+  virtual const char* name() const = 0;
+  // Adds a block of `pages` pages in state `initial`. Fails if this
+  // implementation cannot represent it (roaring: more than 2^32 pages).
+  virtual Status AddBlock(uint64_t pages, PageState initial) = 0;
+  // Sets pages [begin, end) of block to s (begin < end <= pages).
+  virtual void Assign(size_t block, uint64_t begin, uint64_t end, PageState s) = 0;
+  virtual PageState Get(size_t block, uint64_t page) const = 0;
+  // Every maximal run of the block, ascending.
+  virtual void ForEachRun(size_t block, RunSink sink, void* ctx) const = 0;
+  // Only the maximal shared runs: what a destination walks to rebuild DMA
+  // mappings, each implementation in its fastest way.
+  virtual void ForEachSharedRun(size_t block, RunSink sink, void* ctx) const = 0;
+  // Called once after a replay, before memory is measured (roaring
+  // run-optimizes its containers here).
+  virtual void Finish() {}
+};
+
+// "cvmstate", "bitmap", "roaring", "icl".
+const std::vector<std::string>& ImplNames();
+// A new, empty implementation, or nullptr for an unknown name.
+std::unique_ptr<TrackerImpl> MakeImpl(std::string_view name);
+
+// Bytes the C/C++ heap has handed out right now (glibc mallinfo2), so every
+// implementation is measured by the same counter, library code included.
+size_t HeapBytesInUse();
+
+}  // namespace cvmstate::bench
+
+#endif  // CVMSTATE_BENCH_IMPLS_H_

@@ -1,0 +1,94 @@
+// BlockTracker: the page states of one RAM block, addressed in bytes.
+//
+// Wraps a RunMap with the block's identity (name, size, page size) and the
+// validation rules of SPEC.md section 2. A conversion that is invalid, or
+// that a listener refuses, changes nothing. Not thread-safe.
+#ifndef CVMSTATE_BLOCK_TRACKER_H_
+#define CVMSTATE_BLOCK_TRACKER_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "cvmstate/page_state.h"
+#include "cvmstate/run_map.h"
+#include "cvmstate/status.h"
+
+namespace cvmstate {
+
+// A run in bytes.
+struct ByteRun {
+  uint64_t offset;
+  uint64_t length;
+  PageState state;
+};
+
+class BlockTracker {
+ public:
+  static constexpr uint64_t kMinPageSize = 4096;
+  static constexpr uint64_t kMaxPageSize = uint64_t{1} << 30;
+
+  // True if name matches [A-Za-z0-9._:/-]{1,64}.
+  static bool IsValidName(std::string_view name);
+
+  // Validates the block parameters (name, page size a power of two in
+  // [4 KiB, 1 GiB], size a positive multiple of it) and returns a block all
+  // in state `initial`, or InvalidArgument saying which rule failed.
+  static Result<std::unique_ptr<BlockTracker>> Create(std::string name, uint64_t size,
+                                                      uint64_t page_size, PageState initial,
+                                                      unsigned chunk_shift = RunMap::kDefaultChunkShift);
+
+  const std::string& name() const { return name_; }
+  uint64_t size() const { return size_; }
+  uint64_t page_size() const { return page_size_; }
+  unsigned page_shift() const { return page_shift_; }
+  PageState initial_state() const { return initial_; }
+
+  // OK if [offset, offset+size) is a valid conversion range of this block:
+  // non-empty, page aligned, no 64-bit overflow, inside the block.
+  Status ValidateRange(uint64_t offset, uint64_t size) const;
+
+  // Converts [offset, offset+size) to `state` after ValidateRange. Pages
+  // already in `state` stay as they are. On error nothing changed.
+  Status Convert(uint64_t offset, uint64_t size, PageState state);
+
+  // State of the page holding byte `offset`. Requires offset < size().
+  PageState StateAt(uint64_t offset) const { return map_.Get(offset >> page_shift_); }
+
+  // Calls fn(const ByteRun&) for each maximal run intersecting the byte
+  // section [offset, offset+size) (clipped to it, page aligned inward), in
+  // ascending order; fn returns false to stop.
+  template <typename Fn>
+  void ForEachRun(uint64_t offset, uint64_t size, Fn&& fn) const {
+    const unsigned sh = page_shift_;
+    map_.ForEachRun(offset >> sh, (offset + size) >> sh, [&](const Run& r) {
+      return fn(ByteRun{r.begin << sh, (r.end - r.begin) << sh, r.state});
+    });
+  }
+  template <typename Fn>
+  void ForEachRun(Fn&& fn) const { ForEachRun(0, size_, static_cast<Fn&&>(fn)); }
+
+  // Bytes per state, maintained on every conversion (O(1)).
+  uint64_t BytesIn(PageState s) const { return pages_in_[static_cast<int>(s)] << page_shift_; }
+  uint64_t CountRuns() const { return map_.CountRuns(); }
+  // Heap bytes held by the page-state structure.
+  size_t MemoryBytes() const { return map_.MemoryBytes(); }
+
+  const RunMap& map() const { return map_; }
+
+ private:
+  BlockTracker(std::string name, uint64_t size, uint64_t page_size, PageState initial, unsigned chunk_shift);
+
+  std::string name_;
+  uint64_t size_;
+  uint64_t page_size_;
+  unsigned page_shift_;
+  PageState initial_;
+  RunMap map_;
+  StateCounts pages_in_{};
+};
+
+}  // namespace cvmstate
+
+#endif  // CVMSTATE_BLOCK_TRACKER_H_

@@ -1,0 +1,50 @@
+// VmState: the RAM blocks of one VM, by name, in declaration order.
+#ifndef CVMSTATE_VM_STATE_H_
+#define CVMSTATE_VM_STATE_H_
+
+#include <memory>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "cvmstate/block_tracker.h"
+#include "cvmstate/status.h"
+
+namespace cvmstate {
+
+class VmState {
+ public:
+  VmState() = default;
+  VmState(VmState&&) = default;
+  VmState& operator=(VmState&&) = default;
+
+  // Declares a block (see BlockTracker::Create for the rules). Fails with
+  // InvalidArgument if the parameters are invalid or the name is taken.
+  Status AddBlock(std::string name, uint64_t size, uint64_t page_size, PageState initial);
+  // Takes ownership of a block built elsewhere; same name rule.
+  Status AddBlock(std::unique_ptr<BlockTracker> block);
+
+  // The block called `name`, or nullptr. The pointer stays valid for the
+  // life of this VmState.
+  BlockTracker* Find(std::string_view name);
+  const BlockTracker* Find(std::string_view name) const;
+
+  // Index of the block called `name` in declaration order, or -1.
+  long IndexOf(std::string_view name) const;
+
+  size_t num_blocks() const { return blocks_.size(); }
+  BlockTracker& block(size_t i) { return *blocks_[i]; }
+  const BlockTracker& block(size_t i) const { return *blocks_[i]; }
+
+  // Heap bytes of all page-state structures.
+  size_t MemoryBytes() const;
+
+ private:
+  std::vector<std::unique_ptr<BlockTracker>> blocks_;
+  std::unordered_map<std::string, size_t> by_name_;
+};
+
+}  // namespace cvmstate
+
+#endif  // CVMSTATE_VM_STATE_H_

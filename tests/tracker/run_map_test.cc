@@ -1,0 +1,218 @@
+// RunMap against a naive one-byte-per-page model, after every operation.
+#include "cvmstate/run_map.h"
+
+#include <gtest/gtest.h>
+
+#include <random>
+#include <vector>
+
+namespace cvmstate {
+namespace {
+
+using Model = std::vector<uint8_t>;
+
+std::vector<Run> ModelRuns(const Model& m, uint64_t begin, uint64_t end) {
+  std::vector<Run> runs;
+  for (uint64_t p = begin; p < end; ++p) {
+    if (!runs.empty() && static_cast<uint8_t>(runs.back().state) == m[p]) {
+      runs.back().end = p + 1;
+    } else {
+      runs.push_back({p, p + 1, static_cast<PageState>(m[p])});
+    }
+  }
+  return runs;
+}
+
+std::vector<Run> MapRuns(const RunMap& map, uint64_t begin, uint64_t end) {
+  std::vector<Run> runs;
+  map.ForEachRun(begin, end, [&](const Run& r) {
+    runs.push_back(r);
+    return true;
+  });
+  return runs;
+}
+
+::testing::AssertionResult SameRuns(const std::vector<Run>& a, const std::vector<Run>& b) {
+  if (a.size() != b.size()) {
+    return ::testing::AssertionFailure() << "run count " << a.size() << " vs model " << b.size();
+  }
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (a[i].begin != b[i].begin || a[i].end != b[i].end || a[i].state != b[i].state) {
+      return ::testing::AssertionFailure() << "run " << i << ": [" << a[i].begin << "," << a[i].end << ") "
+                                           << int(a[i].state) << " vs model [" << b[i].begin << "," << b[i].end
+                                           << ") " << int(b[i].state);
+    }
+  }
+  return ::testing::AssertionSuccess();
+}
+
+struct Shapes {
+  bool list = false, dense = false, uniform_multi = false;
+};
+
+// Picks a range the way the interesting cases need: single pages, small
+// ranges, ranges that straddle chunk boundaries, whole chunks, everything.
+std::pair<uint64_t, uint64_t> PickRange(std::mt19937_64& rng, uint64_t pages, uint64_t chunk) {
+  auto below = [&](uint64_t n) { return n == 0 ? 0 : rng() % n; };
+  uint64_t a, len;
+  switch (rng() % 6) {
+    case 0:  // one page
+      a = below(pages);
+      len = 1;
+      break;
+    case 1:  // small
+      a = below(pages);
+      len = 1 + below(8);
+      break;
+    case 2: {  // straddles a chunk boundary
+      uint64_t c = 1 + below(std::max<uint64_t>(pages / chunk, 1));
+      uint64_t edge = std::min(c * chunk, pages);
+      a = edge - std::min(edge, 1 + below(chunk));
+      len = 1 + below(2 * chunk);
+      break;
+    }
+    case 3:  // whole chunks
+      a = below(std::max<uint64_t>(pages / chunk, 1)) * chunk;
+      len = chunk * (1 + below(3));
+      break;
+    case 4:  // everything
+      a = 0;
+      len = pages;
+      break;
+    default:  // anything
+      a = below(pages);
+      len = 1 + below(pages);
+  }
+  a = std::min(a, pages - 1);
+  len = std::min(len, pages - a);
+  return {a, a + len};
+}
+
+void RunSequence(uint64_t seed, unsigned shift, uint64_t pages, int steps, Shapes* seen) {
+  std::mt19937_64 rng(seed);
+  const PageState initial = static_cast<PageState>(rng() % 3);
+  RunMap map(pages, initial, shift);
+  Model model(pages, static_cast<uint8_t>(initial));
+  const uint64_t chunk = map.chunk_pages();
+  for (int step = 0; step < steps; ++step) {
+    auto [a, b] = PickRange(rng, pages, chunk);
+    // Bias towards fragmenting states so lists grow into dense chunks.
+    PageState s = static_cast<PageState>(rng() % 3);
+    StateCounts changed{};
+    StateCounts want{};
+    for (uint64_t p = a; p < b; ++p) {
+      if (model[p] != static_cast<uint8_t>(s)) ++want[model[p]];
+      model[p] = static_cast<uint8_t>(s);
+    }
+    map.Assign(a, b, s, &changed);
+    ASSERT_EQ(changed, want) << "seed " << seed << " step " << step;
+    ASSERT_TRUE(SameRuns(MapRuns(map, 0, pages), ModelRuns(model, 0, pages)))
+        << "seed " << seed << " step " << step << " assign [" << a << "," << b << ") " << int(s);
+    // A random section, through the cursor and through ForEachRunOf.
+    auto [sa, sb] = PickRange(rng, pages, chunk);
+    ASSERT_TRUE(SameRuns(MapRuns(map, sa, sb), ModelRuns(model, sa, sb))) << "seed " << seed;
+    PageState want_state = static_cast<PageState>(rng() % 3);
+    std::vector<cvmstate::Run> of, model_of;
+    map.ForEachRunOf(want_state, sa, sb, [&](uint64_t x, uint64_t y) { of.push_back({x, y, want_state}); });
+    for (const Run& r : ModelRuns(model, sa, sb))
+      if (r.state == want_state) model_of.push_back(r);
+    ASSERT_TRUE(SameRuns(of, model_of)) << "seed " << seed << " ForEachRunOf";
+    uint64_t p = rng() % pages;
+    ASSERT_EQ(static_cast<uint8_t>(map.Get(p)), model[p]);
+    RunMap::Shape shape = map.GetShape();
+    seen->list |= shape.list > 0;
+    seen->dense |= shape.dense > 0;
+    // Never above 2 bits a page plus a 16-byte entry (and a key) a chunk
+    // plus list slack, whatever the sequence.
+    const uint64_t chunks = map.num_chunks();
+    ASSERT_LE(map.MemoryBytes(), pages / 4 + chunks * (16 + 8) * 2 + 64 * chunks + 256)
+        << "seed " << seed;
+  }
+  StateCounts counts{};
+  for (uint8_t v : model) ++counts[v];
+  EXPECT_EQ(map.CountStates(), counts);
+  EXPECT_EQ(map.CountRuns(), ModelRuns(model, 0, pages).size());
+}
+
+TEST(RunMapTest, PropertyAgainstModelSmallChunks) {
+  Shapes seen;
+  for (uint64_t seed = 1; seed <= 1500; ++seed) {
+    std::mt19937_64 rng(seed * 7919);
+    unsigned shift = 6 + static_cast<unsigned>(rng() % 3);  // 64..256-page chunks
+    uint64_t chunk = uint64_t{1} << shift;
+    uint64_t pages = chunk * (1 + rng() % 6) + rng() % chunk;  // often not a chunk multiple
+    RunSequence(seed, shift, pages, 60, &seen);
+    if (HasFatalFailure()) return;
+  }
+  EXPECT_TRUE(seen.list);
+  EXPECT_TRUE(seen.dense);
+}
+
+TEST(RunMapTest, PropertyAgainstModelDefaultChunks) {
+  Shapes seen;
+  for (uint64_t seed = 1; seed <= 12; ++seed) {
+    RunSequence(100000 + seed, RunMap::kDefaultChunkShift, (uint64_t{1} << 16) * 2 + 777, 120, &seen);
+    if (HasFatalFailure()) return;
+  }
+  EXPECT_TRUE(seen.list);
+}
+
+TEST(RunMapTest, FragmentedChunkTurnsDenseAndBack) {
+  RunMap map(1 << 16, PageState::kPrivate, RunMap::kDefaultChunkShift);
+  for (uint64_t p = 0; p < 4000; p += 2) map.Assign(p, p + 1, PageState::kShared);
+  EXPECT_EQ(map.GetShape().dense, 1u);
+  EXPECT_EQ(map.CountRuns(), 4000u);
+  EXPECT_LE(map.MemoryBytes(), (1u << 16) / 4 + 64);
+  // Undo it page by page: the chunk must get simple again (list, then uniform).
+  for (uint64_t p = 0; p < 4000; p += 2) map.Assign(p, p + 1, PageState::kPrivate);
+  EXPECT_EQ(map.CountRuns(), 1u);
+  // Small conversions recount a dense chunk lazily; a large one at once.
+  map.Assign(0, 8192, PageState::kDiscarded);
+  EXPECT_EQ(map.GetShape().dense, 0u);
+  EXPECT_EQ(map.CountRuns(), 2u);
+  EXPECT_LE(map.MemoryBytes(), 256u);
+  // And a dense chunk left alone by small conversions is still recounted
+  // within kDenseRecheck of them.
+  for (uint64_t p = 0; p < 4000; p += 2) map.Assign(20000 + p, 20000 + p + 1, PageState::kShared);
+  ASSERT_EQ(map.GetShape().dense, 1u);
+  for (uint64_t p = 0; p < 4000; p += 2) map.Assign(20000 + p, 20000 + p + 1, PageState::kPrivate);
+  for (int i = 0; i < 1100; ++i) map.Assign(30000, 30001, PageState::kPrivate);
+  EXPECT_EQ(map.GetShape().dense, 0u);
+}
+
+TEST(RunMapTest, HugeBlockIsConstantToDeclare) {
+  // 12 TiB of 4 KiB pages, and the largest block the trace format allows.
+  for (uint64_t pages : {uint64_t{3} << 30, (uint64_t{1} << 52) - 1}) {
+    RunMap map(pages, PageState::kDiscarded);
+    EXPECT_LE(map.MemoryBytes(), 64u);
+    EXPECT_EQ(map.CountRuns(), 1u);
+    map.Assign(pages / 3, pages / 3 + 1, PageState::kShared);
+    map.Assign(5, pages - 5, PageState::kPrivate);
+    map.Assign(pages - 2, pages, PageState::kShared);
+    std::vector<cvmstate::Run> runs = MapRuns(map, 0, pages);
+    ASSERT_EQ(runs.size(), 4u);
+    EXPECT_EQ(runs[0].end, 5u);
+    EXPECT_EQ(runs[1].state, PageState::kPrivate);
+    EXPECT_EQ(runs[2].begin, pages - 5);
+    EXPECT_EQ(runs[2].state, PageState::kDiscarded);
+    EXPECT_EQ(runs[3].state, PageState::kShared);
+    EXPECT_EQ(map.Get(pages / 3), PageState::kPrivate);
+    EXPECT_LE(map.MemoryBytes(), 4096u);
+  }
+}
+
+TEST(RunMapTest, EmptyAndMoved) {
+  RunMap empty(0, PageState::kShared);
+  EXPECT_EQ(empty.CountRuns(), 0u);
+  RunMap a(1000, PageState::kPrivate, 6);
+  a.Assign(3, 700, PageState::kShared);
+  RunMap b(std::move(a));
+  EXPECT_EQ(b.CountRuns(), 3u);
+  RunMap c(5, PageState::kShared);
+  c = std::move(b);
+  EXPECT_EQ(c.Get(3), PageState::kShared);
+  EXPECT_EQ(c.Get(700), PageState::kPrivate);
+}
+
+}  // namespace
+}  // namespace cvmstate

@@ -1,0 +1,592 @@
+#include "cvmstate/run_map.h"
+
+#include <algorithm>
+#include <bit>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+namespace cvmstate {
+namespace {
+
+// Dense chunks keep 32 pages a word, page p at bits 2*(p%32).
+constexpr uint64_t kLo = 0x5555555555555555ULL;
+
+inline uint64_t Pattern(unsigned s) { return kLo * s; }
+
+// Mask of the bits of groups [from, to) of a word, 0 <= from < to <= 32.
+inline uint64_t GroupMask(unsigned from, unsigned to) {
+  uint64_t hi = to >= 32 ? ~uint64_t{0} : ((uint64_t{1} << (2 * to)) - 1);
+  uint64_t lo = (uint64_t{1} << (2 * from)) - 1;
+  return hi & ~lo;
+}
+
+inline unsigned DenseGet(const uint64_t* w, uint64_t p) {
+  return static_cast<unsigned>((w[p >> 5] >> ((p & 31) * 2)) & 3);
+}
+
+inline void DenseSet(uint64_t* w, uint64_t p, unsigned s) {
+  const unsigned sh = (p & 31) * 2;
+  w[p >> 5] = (w[p >> 5] & ~(uint64_t{3} << sh)) | (uint64_t{s} << sh);
+}
+
+// Adds the pages of [a, b) by state into counts.
+void DenseCountStates(const uint64_t* w, uint64_t a, uint64_t b, StateCounts* counts) {
+  while (a < b) {
+    uint64_t wi = a >> 5;
+    unsigned from = a & 31;
+    unsigned to = static_cast<unsigned>(std::min<uint64_t>(32, from + (b - a)));
+    uint64_t m = GroupMask(from, to) & kLo;
+    uint64_t x = w[wi];
+    uint64_t lo = x & kLo, hi = (x >> 1) & kLo;
+    (*counts)[0] += std::popcount(m & ~lo & ~hi);
+    (*counts)[1] += std::popcount(m & lo & ~hi);
+    (*counts)[2] += std::popcount(m & hi & ~lo);
+    a += to - from;
+  }
+}
+
+// Counts positions p in [p0, p1), p0 >= 1, whose state differs from p-1's,
+// stopping early once the count exceeds `limit`.
+uint64_t DenseBoundaries(const uint64_t* w, uint64_t p0, uint64_t p1, uint64_t limit = UINT64_MAX) {
+  uint64_t n = 0;
+  while (p0 < p1 && n <= limit) {
+    uint64_t wi = p0 >> 5;
+    unsigned from = p0 & 31;
+    unsigned to = static_cast<unsigned>(std::min<uint64_t>(32, from + (p1 - p0)));
+    uint64_t x = w[wi];
+    uint64_t prev = (x << 2) | (wi > 0 ? (w[wi - 1] >> 62) : 0);
+    uint64_t t = x ^ prev;
+    n += std::popcount((t | (t >> 1)) & kLo & GroupMask(from, to));
+    p0 += to - from;
+  }
+  return n;
+}
+
+void DenseFill(uint64_t* w, uint64_t a, uint64_t b, unsigned s) {
+  const uint64_t pat = Pattern(s);
+  while (a < b) {
+    uint64_t wi = a >> 5;
+    unsigned from = a & 31;
+    if (from == 0 && b - a >= 32) {
+      uint64_t full = (b - a) >> 5;
+      std::fill(w + wi, w + wi + full, pat);
+      a += full << 5;
+      continue;
+    }
+    unsigned to = static_cast<unsigned>(std::min<uint64_t>(32, from + (b - a)));
+    uint64_t m = GroupMask(from, to);
+    w[wi] = (w[wi] & ~m) | (pat & m);
+    a += to - from;
+  }
+}
+
+// First page in [p, len) whose state differs from s; len if none.
+uint64_t DenseNextDiff(const uint64_t* w, uint64_t p, uint64_t len, unsigned s) {
+  const uint64_t pat = Pattern(s);
+  while (p < len) {
+    uint64_t wi = p >> 5;
+    unsigned from = p & 31;
+    uint64_t t = w[wi] ^ pat;
+    uint64_t nz = (t | (t >> 1)) & kLo & GroupMask(from, 32);
+    if (nz) return std::min<uint64_t>(len, (wi << 5) + (std::countr_zero(nz) >> 1));
+    p = (wi + 1) << 5;
+  }
+  return len;
+}
+
+// Index of the run containing local page p (starts[0] is 0).
+inline uint32_t ListFind(const uint16_t* starts, uint32_t n, uint32_t p) {
+  return static_cast<uint32_t>(std::upper_bound(starts, starts + n, p) - starts) - 1;
+}
+
+}  // namespace
+
+RunMap::RunMap(uint64_t pages, PageState initial, unsigned chunk_shift)
+    : pages_(pages), shift_(std::clamp(chunk_shift, kMinChunkShift, kMaxChunkShift)) {
+  dir_.push_back(Entry{nullptr, 0, 0, kUniform, static_cast<uint8_t>(initial)});
+  keys_.push_back(0);
+}
+
+RunMap::~RunMap() {
+  for (size_t i = 0; i < dir_.size(); ++i) FreeEntry(dir_[i]);
+}
+
+RunMap::RunMap(RunMap&& o) noexcept
+    : pages_(o.pages_),
+      shift_(o.shift_),
+      dir_(std::move(o.dir_)),
+      keys_(std::move(o.keys_)),
+      flat_(o.flat_),
+      chunk_bytes_(o.chunk_bytes_) {
+  o.dir_.clear();
+  o.keys_.clear();
+  o.chunk_bytes_ = 0;
+}
+
+RunMap& RunMap::operator=(RunMap&& o) noexcept {
+  if (this != &o) {
+    for (Entry& e : dir_) FreeEntry(e);
+    pages_ = o.pages_;
+    shift_ = o.shift_;
+    dir_ = std::move(o.dir_);
+    keys_ = std::move(o.keys_);
+    flat_ = o.flat_;
+    chunk_bytes_ = o.chunk_bytes_;
+    o.dir_.clear();
+    o.keys_.clear();
+    o.chunk_bytes_ = 0;
+  }
+  return *this;
+}
+
+size_t RunMap::FindEntry(uint64_t chunk) const {
+  if (flat_) return static_cast<size_t>(chunk);
+  return static_cast<size_t>(std::upper_bound(keys_.begin(), keys_.end(), chunk) - keys_.begin()) - 1;
+}
+
+void RunMap::FreeEntry(Entry& e) {
+  if (e.kind == kList) {
+    chunk_bytes_ -= ListBytes(e.cap);
+    std::free(e.data);
+  } else if (e.kind == kDense) {
+    // Dense entries always hold a full chunk's words (the last chunk too).
+    chunk_bytes_ -= DenseWords(chunk_pages()) * sizeof(uint64_t);
+    std::free(e.data);
+  }
+  e.data = nullptr;
+  e.count = 0;
+  e.cap = 0;
+}
+
+void RunMap::MakeUniform(Entry& e, PageState s) {
+  FreeEntry(e);
+  e.kind = kUniform;
+  e.state = static_cast<uint8_t>(s);
+}
+
+void RunMap::InsertEntry(size_t at, uint64_t first_chunk, const Entry& e) {
+  dir_.insert(dir_.begin() + static_cast<ptrdiff_t>(at), e);
+  keys_.insert(keys_.begin() + static_cast<ptrdiff_t>(at), first_chunk);
+}
+
+void RunMap::EraseEntries(size_t from, size_t to) {
+  dir_.erase(dir_.begin() + static_cast<ptrdiff_t>(from), dir_.begin() + static_cast<ptrdiff_t>(to));
+  keys_.erase(keys_.begin() + static_cast<ptrdiff_t>(from), keys_.begin() + static_cast<ptrdiff_t>(to));
+}
+
+size_t RunMap::SplitAt(uint64_t chunk) {
+  size_t i = FindEntry(chunk);
+  if (flat_ || keys_[i] == chunk) return i;
+  // Only a uniform entry spans several chunks, so only one can be split.
+  InsertEntry(i + 1, chunk, Entry{nullptr, 0, 0, kUniform, dir_[i].state});
+  // Once the directory is a sizeable part of a flat one, go flat: lookups
+  // become an index and splits stop moving the directory.
+  const uint64_t nc = num_chunks();
+  if (nc <= kMaxFlatChunks && dir_.size() * 8 > nc) {
+    std::vector<Entry> flat;
+    flat.reserve(nc);
+    for (size_t k = 0; k < dir_.size(); ++k) {
+      const uint64_t end = EntryEndChunk(k);
+      for (uint64_t c = keys_[k]; c < end; ++c) flat.push_back(dir_[k]);
+    }
+    dir_ = std::move(flat);
+    keys_.clear();
+    keys_.shrink_to_fit();
+    flat_ = true;
+    return static_cast<size_t>(chunk);
+  }
+  return i + 1;
+}
+
+PageState RunMap::Get(uint64_t page) const {
+  const uint64_t chunk = page >> shift_;
+  const Entry& e = dir_[FindEntry(chunk)];
+  const uint64_t local = page - ChunkBegin(chunk);
+  switch (e.kind) {
+    case kUniform:
+      return static_cast<PageState>(e.state);
+    case kList:
+      return static_cast<PageState>(States(e)[ListFind(Starts(e), e.count, static_cast<uint32_t>(local))]);
+    default:
+      return static_cast<PageState>(DenseGet(static_cast<const uint64_t*>(e.data), local));
+  }
+}
+
+void RunMap::SetPage(uint64_t page, PageState s, StateCounts* changed) {
+  // The hot path of fragmented maps: one page of a dense chunk.
+  const uint64_t chunk = page >> shift_;
+  const uint32_t local = static_cast<uint32_t>(page - ChunkBegin(chunk));
+  if (flat_) {
+    Entry& e = dir_[chunk];
+    if (e.kind == kDense) {
+      uint64_t* w = static_cast<uint64_t*>(e.data);
+      const unsigned sv = static_cast<unsigned>(s);
+      if (changed) {
+        const unsigned old = DenseGet(w, local);
+        (*changed)[old] += old != sv;
+      }
+      DenseSet(w, local, sv);
+      if (--e.count == 0) [[unlikely]] RecheckDense(e, static_cast<uint32_t>(ChunkLen(chunk)));
+      return;
+    }
+  }
+  if (ChunkLen(chunk) == 1) {
+    AssignWholeChunks(chunk, chunk + 1, s, changed);
+  } else {
+    AssignInChunk(chunk, local, local + 1, s, changed);
+  }
+}
+
+void RunMap::Assign(uint64_t begin, uint64_t end, PageState s, StateCounts* changed) {
+  if (begin >= end || end > pages_) return;
+  if (end == begin + 1) return SetPage(begin, s, changed);
+  const uint64_t c0 = begin >> shift_, c1 = (end - 1) >> shift_;
+  const uint32_t a = static_cast<uint32_t>(begin - ChunkBegin(c0));
+  if (c0 == c1) {
+    const uint32_t b = static_cast<uint32_t>(end - ChunkBegin(c0));
+    if (a == 0 && b == ChunkLen(c0)) {
+      AssignWholeChunks(c0, c0 + 1, s, changed);
+    } else {
+      AssignInChunk(c0, a, b, s, changed);
+    }
+    return;
+  }
+  uint64_t whole0 = c0, whole1 = c1 + 1;
+  if (a != 0) {
+    AssignInChunk(c0, a, static_cast<uint32_t>(ChunkLen(c0)), s, changed);
+    whole0 = c0 + 1;
+  }
+  const uint32_t b = static_cast<uint32_t>(end - ChunkBegin(c1));
+  if (b != ChunkLen(c1)) {
+    AssignInChunk(c1, 0, b, s, changed);
+    whole1 = c1;
+  }
+  if (whole0 < whole1) AssignWholeChunks(whole0, whole1, s, changed);
+}
+
+void RunMap::AddEntryStates(const Entry& e, uint64_t len, StateCounts* counts) const {
+  switch (e.kind) {
+    case kUniform:
+      (*counts)[e.state] += len;
+      break;
+    case kList: {
+      const uint16_t* st = Starts(e);
+      const uint8_t* ss = States(e);
+      for (uint32_t k = 0; k < e.count; ++k) {
+        const uint64_t rend = k + 1 < e.count ? st[k + 1] : len;
+        (*counts)[ss[k]] += rend - st[k];
+      }
+      break;
+    }
+    default:
+      DenseCountStates(static_cast<const uint64_t*>(e.data), 0, len, counts);
+  }
+}
+
+void RunMap::AssignWholeChunks(uint64_t c0, uint64_t c1, PageState s, StateCounts* changed) {
+  const uint8_t sv = static_cast<uint8_t>(s);
+  SplitAt(c0);
+  if (c1 < num_chunks()) SplitAt(c1);
+  const size_t i0 = FindEntry(c0);  // a split may have made the directory flat
+  const size_t i1 = c1 < num_chunks() ? FindEntry(c1) : dir_.size();
+  if (changed) {
+    StateCounts before{};
+    for (size_t i = i0; i < i1; ++i) {
+      const uint64_t len = std::min(ChunkBegin(EntryEndChunk(i)), pages_) - ChunkBegin(EntryFirstChunk(i));
+      AddEntryStates(dir_[i], len, &before);
+    }
+    for (int k = 0; k < kNumPageStates; ++k)
+      if (k != sv) (*changed)[k] += before[k];
+  }
+  if (flat_) {
+    for (size_t i = i0; i < i1; ++i) MakeUniform(dir_[i], s);
+    return;
+  }
+  for (size_t i = i0; i < i1; ++i) FreeEntry(dir_[i]);
+  dir_[i0] = Entry{nullptr, 0, 0, kUniform, sv};
+  size_t erase_from = i0 + 1, erase_to = i1;
+  // Merge with uniform neighbours of the same state to keep entries O(runs).
+  if (erase_to < dir_.size() && dir_[erase_to].kind == kUniform && dir_[erase_to].state == sv) ++erase_to;
+  if (i0 > 0 && dir_[i0 - 1].kind == kUniform && dir_[i0 - 1].state == sv) --erase_from;
+  EraseEntries(erase_from, erase_to);
+}
+
+void RunMap::AssignInChunk(uint64_t chunk, uint32_t a, uint32_t b, PageState s, StateCounts* changed) {
+  size_t i = SplitAt(chunk);
+  if (chunk + 1 < num_chunks()) {
+    SplitAt(chunk + 1);
+    i = FindEntry(chunk);
+  }
+  Entry& e = dir_[i];
+  const uint32_t len = static_cast<uint32_t>(ChunkLen(chunk));
+  const unsigned sv = static_cast<unsigned>(s);
+  switch (e.kind) {
+    case kUniform: {
+      if (e.state == sv) return;
+      if (changed) (*changed)[e.state] += b - a;
+      const uint8_t old = e.state;
+      uint16_t starts[3];
+      uint8_t states[3];
+      uint32_t n = 0;
+      if (a > 0) starts[n] = 0, states[n++] = old;
+      starts[n] = static_cast<uint16_t>(a), states[n++] = static_cast<uint8_t>(sv);
+      if (b < len) starts[n] = static_cast<uint16_t>(b), states[n++] = old;
+      e.kind = kList;
+      ReserveList(e, n);
+      std::memcpy(e.data, starts, n * sizeof(uint16_t));
+      std::memcpy(const_cast<uint8_t*>(States(e)), states, n);
+      e.count = n;
+      return;
+    }
+    case kList:
+      ListAssign(e, len, a, b, s, changed);
+      return;
+    default:
+      DenseAssign(e, len, a, b, s, changed);
+      return;
+  }
+}
+
+void RunMap::ReserveList(Entry& e, uint32_t need) {
+  const uint32_t cap = e.cap;
+  // Grow by a quarter in steps of 8 runs; give memory back once three
+  // quarters are free.
+  if (need <= cap && (cap <= 16 || need * 4 > cap)) return;
+  uint32_t want = need > cap ? need + need / 4 : need;
+  want = (want + 7) & ~7u;
+  void* p = std::malloc(ListBytes(want));
+  if (p == nullptr) throw std::bad_alloc();
+  const uint32_t n = std::min(e.count, want);
+  if (e.data != nullptr) {
+    std::memcpy(p, e.data, n * sizeof(uint16_t));
+    std::memcpy(static_cast<uint8_t*>(p) + size_t{want} * sizeof(uint16_t), States(e), n);
+    std::free(e.data);
+  }
+  chunk_bytes_ += ListBytes(want);
+  chunk_bytes_ -= ListBytes(cap);
+  e.data = p;
+  e.cap = static_cast<uint16_t>(want);
+}
+
+void RunMap::ListAssign(Entry& e, uint32_t len, uint32_t a, uint32_t b, PageState s, StateCounts* changed) {
+  const uint16_t* st = Starts(e);
+  const uint8_t* ss = States(e);
+  const uint32_t n = e.count;
+  const uint8_t sv = static_cast<uint8_t>(s);
+  const uint32_t i = ListFind(st, n, a);
+  const uint32_t j = i + ListFind(st + i, n - i, b - 1);
+  if (i == j && ss[i] == sv) return;
+  const uint32_t end_j = j + 1 < n ? st[j + 1] : len;
+
+  // The runs that replace runs i..j: a kept head of run i, the new run, a
+  // kept tail of run j; each dropped if it continues its predecessor.
+  uint16_t os[3];
+  uint8_t ostate[3];
+  uint32_t k = 0;
+  unsigned prev = i > 0 ? ss[i - 1] : 3;
+  if (st[i] < a) {
+    os[k] = st[i], ostate[k++] = ss[i];
+    prev = ss[i];
+  }
+  if (sv != prev) {
+    os[k] = static_cast<uint16_t>(a), ostate[k++] = sv;
+    prev = sv;
+  }
+  if (b < end_j && ss[j] != prev) {
+    os[k] = static_cast<uint16_t>(b), ostate[k++] = ss[j];
+    prev = ss[j];
+  }
+  const uint32_t lo = i;
+  uint32_t hi = j + 1;
+  if (b == end_j && hi < n && ss[hi] == prev) ++hi;
+  const uint32_t new_n = n - (hi - lo) + k;
+  if (new_n > ListMaxRuns()) {
+    ListToDense(e, len);
+    DenseAssign(e, len, a, b, s, changed);
+    return;
+  }
+  if (changed) {
+    for (uint32_t r = i; r <= j; ++r) {
+      if (ss[r] == sv) continue;
+      const uint32_t rs = std::max<uint32_t>(st[r], a);
+      const uint32_t re = std::min(r + 1 < n ? uint32_t{st[r + 1]} : len, b);
+      (*changed)[ss[r]] += re - rs;
+    }
+  }
+  if (new_n == 1) {
+    MakeUniform(e, static_cast<PageState>(k > 0 ? ostate[0] : ss[0]));
+    return;
+  }
+  if (new_n > e.cap) ReserveList(e, new_n);
+  uint16_t* dst = static_cast<uint16_t*>(e.data);
+  uint8_t* dss = const_cast<uint8_t*>(States(e));
+  std::memmove(dst + lo + k, dst + hi, (n - hi) * sizeof(uint16_t));
+  std::memmove(dss + lo + k, dss + hi, n - hi);
+  std::memcpy(dst + lo, os, k * sizeof(uint16_t));
+  std::memcpy(dss + lo, ostate, k);
+  e.count = new_n;
+  if (new_n < n) ReserveList(e, new_n);  // shrinks when mostly empty
+}
+
+void RunMap::DenseAssign(Entry& e, uint32_t len, uint32_t a, uint32_t b, PageState s, StateCounts* changed) {
+  uint64_t* w = static_cast<uint64_t*>(e.data);
+  if (changed) {
+    StateCounts c{};
+    DenseCountStates(w, a, b, &c);
+    for (int k = 0; k < kNumPageStates; ++k)
+      if (k != static_cast<int>(s)) (*changed)[k] += c[k];
+  }
+  DenseFill(w, a, b, static_cast<unsigned>(s));
+  // A large range may have simplified the chunk a lot: recount at once.
+  if (uint64_t{b - a} * 16 >= len || --e.count == 0) RecheckDense(e, len);
+}
+
+void RunMap::RecheckDense(Entry& e, uint32_t len) {
+  const uint64_t* w = static_cast<const uint64_t*>(e.data);
+  // Only whether the chunk fits a list matters, so a fragmented chunk stops
+  // counting after a few words.
+  const uint64_t runs = 1 + DenseBoundaries(w, 1, len, ListMaxRuns() / 2);
+  if (runs == 1) {
+    MakeUniform(e, static_cast<PageState>(DenseGet(w, 0)));
+  } else if (runs <= ListMaxRuns() / 2) {
+    DenseToList(e, len, static_cast<uint32_t>(runs));
+  } else {
+    e.count = kDenseRecheck;
+  }
+}
+
+void RunMap::ListToDense(Entry& e, uint32_t len) {
+  const size_t words = DenseWords(chunk_pages());
+  uint64_t* w = static_cast<uint64_t*>(std::calloc(words, sizeof(uint64_t)));
+  if (w == nullptr) throw std::bad_alloc();
+  const uint16_t* st = Starts(e);
+  const uint8_t* ss = States(e);
+  for (uint32_t k = 0; k < e.count; ++k) {
+    DenseFill(w, st[k], k + 1 < e.count ? st[k + 1] : len, ss[k]);
+  }
+  FreeEntry(e);
+  e.kind = kDense;
+  e.data = w;
+  e.count = kDenseRecheck;
+  chunk_bytes_ += words * sizeof(uint64_t);
+}
+
+void RunMap::DenseToList(Entry& e, uint32_t len, uint32_t runs) {
+  const uint64_t* w = static_cast<const uint64_t*>(e.data);
+  Entry list{nullptr, 0, 0, kList, 0};
+  ReserveList(list, runs);
+  uint16_t* st = static_cast<uint16_t*>(list.data);
+  uint8_t* ss = const_cast<uint8_t*>(States(list));
+  uint32_t n = 0;
+  for (uint64_t p = 0; p < len && n < runs;) {
+    const unsigned s = DenseGet(w, p);
+    st[n] = static_cast<uint16_t>(p);
+    ss[n++] = static_cast<uint8_t>(s);
+    p = DenseNextDiff(w, p, len, s);
+  }
+  list.count = n;
+  FreeEntry(e);
+  e = list;
+}
+
+uint64_t RunMap::CountRuns() const {
+  uint64_t n = 0;
+  ForEachRun([&n](const Run&) {
+    ++n;
+    return true;
+  });
+  return n;
+}
+
+StateCounts RunMap::CountStates() const {
+  StateCounts c{};
+  ForEachRun([&c](const Run& r) {
+    c[static_cast<int>(r.state)] += r.end - r.begin;
+    return true;
+  });
+  return c;
+}
+
+size_t RunMap::MemoryBytes() const {
+  return dir_.capacity() * sizeof(Entry) + keys_.capacity() * sizeof(uint64_t) + chunk_bytes_;
+}
+
+RunMap::Shape RunMap::GetShape() const {
+  Shape s;
+  s.entries = dir_.size();
+  for (const Entry& e : dir_) {
+    if (e.kind == kUniform) ++s.uniform;
+    if (e.kind == kList) ++s.list;
+    if (e.kind == kDense) ++s.dense;
+  }
+  return s;
+}
+
+RunMap::Cursor::Cursor(const RunMap& map, uint64_t begin, uint64_t end)
+    : map_(map), end_(std::min(end, map.pages_)), pos_(begin), entry_(0), list_index_(UINT32_MAX) {
+  if (pos_ < end_) entry_ = map_.FindEntry(pos_ >> map_.shift_);
+}
+
+bool RunMap::Cursor::NextPiece(Run* out) {
+  if (pos_ >= end_) return false;
+  const Entry& e = map_.dir_[entry_];
+  const uint64_t ebegin = map_.ChunkBegin(map_.EntryFirstChunk(entry_));
+  const uint64_t eend = std::min(map_.ChunkBegin(map_.EntryEndChunk(entry_)), map_.pages_);
+  uint64_t pend;
+  unsigned st;
+  switch (e.kind) {
+    case kUniform:
+      st = e.state;
+      pend = eend;
+      break;
+    case kList: {
+      const uint16_t* starts = Starts(e);
+      if (list_index_ == UINT32_MAX) {
+        list_index_ = ListFind(starts, e.count, static_cast<uint32_t>(pos_ - ebegin));
+      }
+      st = States(e)[list_index_];
+      pend = list_index_ + 1 < e.count ? ebegin + starts[list_index_ + 1] : eend;
+      ++list_index_;
+      break;
+    }
+    default: {
+      const uint64_t* w = static_cast<const uint64_t*>(e.data);
+      const uint64_t local = pos_ - ebegin;
+      st = DenseGet(w, local);
+      pend = ebegin + DenseNextDiff(w, local + 1, eend - ebegin, st);
+      break;
+    }
+  }
+  out->begin = pos_;
+  out->end = std::min(pend, end_);
+  out->state = static_cast<PageState>(st);
+  pos_ = out->end;
+  if (pos_ == eend) {
+    ++entry_;
+    list_index_ = UINT32_MAX;
+  }
+  return true;
+}
+
+bool RunMap::Cursor::Next(Run* out) {
+  Run piece;
+  while (NextPiece(&piece)) {
+    if (!have_pending_) {
+      pending_ = piece;
+      have_pending_ = true;
+    } else if (piece.state == pending_.state) {
+      pending_.end = piece.end;
+    } else {
+      *out = pending_;
+      pending_ = piece;
+      return true;
+    }
+  }
+  if (!have_pending_) return false;
+  *out = pending_;
+  have_pending_ = false;
+  return true;
+}
+
+}  // namespace cvmstate
