@@ -7,6 +7,7 @@
 #include "commands.h"
 #include "cvmstate/listing.h"
 #include "cvmstate/trace.h"
+#include "cvmstate/vfio_sim.h"
 #include "cvmstate/vm_state.h"
 #include "impls.h"
 #include "output.h"
@@ -19,6 +20,9 @@ struct ReplayOptions {
   std::string impl = "cvmstate";
   bool keep_going = false;
   bool quiet = false;
+  std::string vfio;  // "", "granule" or "extent"
+  uint64_t vfio_limit = 0;
+  std::string vfio_out;
 };
 
 // Replays a trace into a VmState (which validates every line and, for the
@@ -26,7 +30,8 @@ struct ReplayOptions {
 // implementation too.
 class Replayer {
  public:
-  explicit Replayer(std::unique_ptr<bench::TrackerImpl> impl) : impl_(std::move(impl)) {}
+  Replayer(std::unique_ptr<bench::TrackerImpl> impl, std::unique_ptr<VfioContainer> vfio)
+      : impl_(std::move(impl)), vfio_(std::move(vfio)) {}
 
   // Applies one directive; on error nothing changed. *fatal is set when the
   // error is the implementation's limit rather than the line's fault.
@@ -34,6 +39,7 @@ class Replayer {
     *fatal = false;
     switch (d.kind) {
       case TraceDirective::Kind::kBlock: {
+        if (vfio_) return AddBlockWithVfio(d);
         Status s = vm_.AddBlock(d.name, d.size, d.page_size, d.state);
         if (!s.ok() || !impl_) return s;
         const BlockTracker* b = vm_.Find(d.name);
@@ -57,6 +63,66 @@ class Replayer {
         return Status::OK();
     }
   }
+
+  // With --vfio every block gets a DMA-mapping listener from its declaration
+  // on; a block whose initial mappings the container refuses is not added.
+  Status AddBlockWithVfio(const TraceDirective& d) {
+    if (vm_.Find(d.name) != nullptr) return Status::InvalidArgument("block '" + d.name + "' is already declared");
+    auto block = BlockTracker::Create(d.name, d.size, d.page_size, d.state);
+    if (!block.ok()) return block.status();
+    std::unique_ptr<DmaMappingListener> l = vfio_->MakeListener(d.name, d.page_size);
+    Status s = block.value()->RegisterListener(l.get(), 0, d.size);
+    if (!s.ok()) return s;
+    vfio_listeners_.push_back(std::move(l));
+    return vm_.AddBlock(std::move(block).value());
+  }
+
+  // Prints the container's figures, writes its live mappings if asked, and
+  // checks that they cover exactly the shared pages.
+  Status FinishVfio(const std::string& out_path) {
+    const VfioContainer::Stats& st = vfio_->stats();
+    std::fprintf(stderr, "vfio: mappings=%" PRIu64 " peak=%" PRIu64 " maps=%" PRIu64 " unmaps=%" PRIu64 "\n",
+                 st.mappings, st.peak, st.maps, st.unmaps);
+    std::vector<VfioContainer::Mapping> live = vfio_->LiveMappings();
+    if (!out_path.empty()) {
+      std::FILE* f = std::fopen(out_path.c_str(), "wb");
+      if (f == nullptr) return Status::IOError("cannot write --vfio-out file '" + out_path + "'");
+      OutputBuffer out(f);
+      for (const auto& m : live) {
+        std::string* b = out.buffer();
+        b->append(m.block).push_back(' ');
+        AppendHex(b, m.offset);
+        b->push_back(' ');
+        AppendHex(b, m.length);
+        b->push_back('\n');
+        out.MaybeFlush();
+      }
+      bool ok = out.Flush();
+      if (std::fclose(f) != 0 || !ok) return Status::IOError("cannot write --vfio-out file '" + out_path + "'");
+    }
+    // Self-check: the union of live mappings is exactly the shared pages.
+    size_t k = 0;
+    for (size_t i = 0; i < vm_.num_blocks(); ++i) {
+      const BlockTracker& b = vm_.block(i);
+      bool ok = true;
+      b.ForEachRun([&](const ByteRun& r) {
+        if (r.state != PageState::kShared) return true;
+        uint64_t pos = r.offset;
+        while (ok && pos < r.offset + r.length) {
+          ok = k < live.size() && live[k].block == b.name() && live[k].offset == pos;
+          if (ok) pos += live[k++].length;
+        }
+        ok = ok && pos == r.offset + r.length;
+        return ok;
+      });
+      if (!ok) return Status::Corruption("vfio: live mappings of block '" + b.name() + "' do not cover exactly its shared pages");
+    }
+    if (k != live.size() || st.violations != 0) {
+      return Status::Corruption("vfio: live mappings outside the shared pages, or kernel rules broken");
+    }
+    return Status::OK();
+  }
+  bool has_vfio() const { return vfio_ != nullptr; }
 
   void WriteListing(OutputBuffer* out) {
     for (size_t i = 0; i < vm_.num_blocks(); ++i) {
@@ -83,8 +149,10 @@ class Replayer {
   }
 
  private:
-  VmState vm_;
   std::unique_ptr<bench::TrackerImpl> impl_;
+  std::unique_ptr<VfioContainer> vfio_;
+  std::vector<std::unique_ptr<DmaMappingListener>> vfio_listeners_;
+  VmState vm_;  // last: destroyed before the listeners it points to
 };
 
 int RunReplay(const ReplayOptions& o) {
@@ -93,7 +161,13 @@ int RunReplay(const ReplayOptions& o) {
   if (!s.ok()) return Fail(s.message());
   std::unique_ptr<bench::TrackerImpl> impl;
   if (o.impl != "cvmstate") impl = bench::MakeImpl(o.impl);
-  Replayer replayer(std::move(impl));
+  std::unique_ptr<VfioContainer> vfio;
+  if (!o.vfio.empty()) {
+    vfio = std::make_unique<VfioContainer>(o.vfio == "granule" ? VfioContainer::Mode::kGranule
+                                                               : VfioContainer::Mode::kExtent,
+                                           o.vfio_limit);
+  }
+  Replayer replayer(std::move(impl), std::move(vfio));
   std::string_view line;
   bool too_long = false;
   while (reader.Next(&line, &too_long)) {
@@ -113,6 +187,10 @@ int RunReplay(const ReplayOptions& o) {
     }
   }
   if (!reader.read_status().ok()) return Fail(o.trace + ": " + reader.read_status().message());
+  if (replayer.has_vfio()) {
+    s = replayer.FinishVfio(o.vfio_out);
+    if (!s.ok()) return Fail(s.message());
+  }
   if (o.quiet) return 0;
   OutputBuffer out(stdout);
   replayer.WriteListing(&out);
@@ -135,7 +213,23 @@ void AddReplayCommand(CLI::App& app, int* exit_code) {
       ->check(CLI::IsMember(bench::ImplNames()));
   sub->add_flag("--keep-going", o->keep_going, "Report invalid lines and skip them instead of stopping");
   sub->add_flag("--quiet", o->quiet, "Do not print the run listing");
-  sub->callback([o, exit_code] { *exit_code = RunReplay(*o); });
+  CLI::Option* vfio = sub->add_option("--vfio", o->vfio,
+                                      "Attach a simulated VFIO type1 listener to every block: granule maps every\n"
+                                      "shared page on its own (QEMU today), extent maps each populated section\n"
+                                      "whole and cuts it on partial discards (IOMMUFD cut)")
+                          ->check(CLI::IsMember({"granule", "extent"}));
+  sub->add_option("--vfio-limit", o->vfio_limit, "Most live DMA mappings (type1 default 65535; 0 = no limit)")
+      ->needs(vfio);
+  sub->add_option("--vfio-out", o->vfio_out, "Write the live mappings to FILE: NAME 0xOFFSET 0xLENGTH, sorted")
+      ->needs(vfio);
+  sub->callback([o, exit_code] {
+    if (!o->vfio.empty() && o->impl != "cvmstate") {
+      std::fprintf(stderr, "cvmstate: usage error: --vfio needs --impl cvmstate (see 'cvmstate replay --help')\n");
+      *exit_code = 2;
+      return;
+    }
+    *exit_code = RunReplay(*o);
+  });
 }
 
 }  // namespace cvmstate::tools

@@ -100,7 +100,9 @@ Status Steady(uint64_t size, Rng& rng, uint64_t ops, Writer& w) {
     uint64_t off, len;
   };
   std::vector<Range> dma, reported;
-  const uint64_t dma_target = std::max<uint64_t>(ops / 5, 16);
+  // Live shared DMA buffers: most device DMA of a confidential guest bounces
+  // through SWIOTLB, so a few thousand buffers are shared at any time.
+  const uint64_t dma_target = std::clamp<uint64_t>(ops / 20, 16, 16384);
   const uint64_t vmem_units = vmem / (128 * kMiB);
   const uint64_t checkpoint_every = std::max<uint64_t>(ops / 8, 1);
   for (uint64_t op = 0; op < ops; ++op) {
@@ -141,9 +143,16 @@ Status Steady(uint64_t size, Rng& rng, uint64_t ops, Writer& w) {
     } else if (roll < 97) {  // virtio-mem plug or unplug
       uint64_t off = rng.Below(vmem_units) * 128 * kMiB;
       w.Convert(rng.Chance(60) ? "private" : "discarded", "/objects/vmem0", off, 128 * kMiB);
-    } else {  // a device ring page shared for good
+    } else if (roll < 98) {  // a device ring (4-16 pages) shared for good
       uint8_t bi = static_cast<uint8_t>(rng.Below(2));
-      w.Convert("shared", rams[bi].name, AlignDown(rng.Below(rams[bi].size), kPage), kPage);
+      uint64_t len = rng.Between(4, 16) * kPage;
+      w.Convert("shared", rams[bi].name, AlignDown(rng.Below(rams[bi].size - len), kPage), len);
+    } else {  // a balloon inflates by 1-8 MiB
+      uint8_t bi = static_cast<uint8_t>(rng.Below(2));
+      uint64_t len = rng.Between(1, 8) * kMiB;
+      uint64_t off = AlignDown(rng.Below(rams[bi].size - len), kMiB);
+      reported.push_back({bi, off, len});
+      w.Convert("discarded", rams[bi].name, off, len);
     }
   }
   w.Line("checkpoint");

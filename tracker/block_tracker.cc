@@ -1,5 +1,6 @@
 #include "cvmstate/block_tracker.h"
 
+#include <algorithm>
 #include <bit>
 
 #include "cvmstate/listing.h"
@@ -81,12 +82,165 @@ Status BlockTracker::ValidateRange(uint64_t offset, uint64_t size) const {
 Status BlockTracker::Convert(uint64_t offset, uint64_t size, PageState state) {
   Status s = ValidateRange(offset, size);
   if (!s.ok()) return s;
-  StateCounts changed{};
-  map_.Assign(offset >> page_shift_, (offset + size) >> page_shift_, state, &changed);
-  for (int k = 0; k < kNumPageStates; ++k) {
-    pages_in_[k] -= changed[k];
-    pages_in_[static_cast<int>(state)] += changed[k];
+  const uint64_t end = offset + size;
+  std::vector<ByteRun> changed;
+  std::vector<std::vector<Change>> per(listeners_.size());
+  if (!listeners_.empty()) {
+    for (const Registration& r : listeners_) {
+      if (r.offset >= end || r.offset + r.size <= offset) continue;
+      if (offset % r.granularity != 0 || end % r.granularity != 0) {
+        return Status::InvalidArgument("conversion [" + Hex(offset) + ", " + Hex(end) + ") of block '" + name_ +
+                                       "' is not aligned to the " + Hex(r.granularity) + " granularity of listener '" +
+                                       r.listener->name() + "'");
+      }
+    }
+    ForEachRun(offset, size, [&](const ByteRun& r) {
+      if (r.state != state) changed.push_back(r);
+      return true;
+    });
+    if (changed.empty()) return Status::OK();
+    for (size_t i = 0; i < listeners_.size(); ++i) Project(listeners_[i], changed, state, &per[i]);
+    // Refusable notifications first, while the map is unchanged.
+    std::vector<std::vector<Change>> accepted(listeners_.size());
+    for (size_t i = 0; i < listeners_.size(); ++i) {
+      StateListener* l = listeners_[i].listener;
+      for (const Change& c : per[i]) {
+        if (!l->MayRefuse(c.from, c.to)) continue;
+        Status st = l->OnChange(c.offset, c.size, c.from, c.to);
+        if (st.ok()) {
+          accepted[i].push_back(c);
+          continue;
+        }
+        for (size_t k = i + 1; k-- > 0;) Undo(listeners_[k].listener, accepted[k], accepted[k].size());
+        return Status::Refused("listener '" + l->name() + "' refused converting [" + Hex(c.offset) + ", " +
+                               Hex(c.offset + c.size) + ") of block '" + name_ + "' to " +
+                               std::string(PageStateName(state)) + ": " + st.message());
+      }
+    }
   }
+  StateCounts moved{};
+  map_.Assign(offset >> page_shift_, end >> page_shift_, state, &moved);
+  uint64_t total = 0;
+  for (int k = 0; k < kNumPageStates; ++k) {
+    pages_in_[k] -= moved[k];
+    pages_in_[static_cast<int>(state)] += moved[k];
+    total += moved[k];
+  }
+  // Then the notifications that cannot fail.
+  for (size_t i = 0; i < listeners_.size(); ++i) {
+    StateListener* l = listeners_[i].listener;
+    for (const Change& c : per[i]) {
+      if (!l->MayRefuse(c.from, c.to)) (void)l->OnChange(c.offset, c.size, c.from, c.to);
+    }
+  }
+  if (journal_enabled_ && total > 0) {
+    if (changed.empty()) {
+      journal_.Record(offset >> page_shift_, end >> page_shift_);
+    } else {
+      for (const ByteRun& r : changed) journal_.Record(r.offset >> page_shift_, (r.offset + r.length) >> page_shift_);
+    }
+  }
+  return Status::OK();
+}
+
+void BlockTracker::Project(const Registration& r, const std::vector<ByteRun>& changed, PageState to,
+                           std::vector<Change>* out) {
+  const uint64_t sb = r.offset, se = r.offset + r.size;
+  StateListener* l = r.listener;
+  const int vto = l->View(to);
+  for (const ByteRun& run : changed) {
+    const uint64_t a = std::max(run.offset, sb), b = std::min(run.offset + run.length, se);
+    if (a >= b || l->View(run.state) == vto) continue;
+    if (!out->empty()) {
+      Change& last = out->back();
+      if (last.offset + last.size == a && l->View(last.from) == l->View(run.state)) {
+        last.size += b - a;
+        continue;
+      }
+    }
+    out->push_back({a, b - a, run.state, to});
+  }
+}
+
+void BlockTracker::Undo(StateListener* l, const std::vector<Change>& accepted, size_t n) {
+  // The inverse of an accepted change must succeed; its status is moot.
+  for (size_t k = n; k-- > 0;) (void)l->OnChange(accepted[k].offset, accepted[k].size, accepted[k].to, accepted[k].from);
+}
+
+Status BlockTracker::RegisterListener(StateListener* listener, uint64_t offset, uint64_t size) {
+  if (listener == nullptr) return Status::InvalidArgument("null listener");
+  for (const Registration& r : listeners_) {
+    if (r.listener == listener) {
+      return Status::InvalidArgument("listener '" + listener->name() + "' is already registered on block '" + name_ + "'");
+    }
+  }
+  Status s = ValidateRange(offset, size);
+  if (!s.ok()) return s;
+  uint64_t g = listener->granularity();
+  if (g == 0) g = page_size_;
+  if (!std::has_single_bit(g) || g < page_size_) {
+    return Status::InvalidArgument("granularity " + Hex(g) + " of listener '" + listener->name() +
+                                   "' is not a power of two of at least the page size " + Hex(page_size_));
+  }
+  if (offset % g != 0 || size % g != 0) {
+    return Status::InvalidArgument("section [" + Hex(offset) + ", " + Hex(offset + size) + ") of block '" + name_ +
+                                   "' is not aligned to the " + Hex(g) + " granularity of listener '" +
+                                   listener->name() + "'");
+  }
+  // Replay the section as changes from "no backing".
+  std::vector<ByteRun> runs;
+  ForEachRun(offset, size, [&](const ByteRun& r) {
+    runs.push_back(r);
+    return true;
+  });
+  std::vector<Change> replay;
+  const int vnone = listener->View(PageState::kDiscarded);
+  for (const ByteRun& r : runs) {
+    const int v = listener->View(r.state);
+    if (v == vnone) continue;
+    if (!replay.empty() && replay.back().offset + replay.back().size == r.offset && listener->View(replay.back().to) == v) {
+      replay.back().size += r.length;
+    } else {
+      replay.push_back({r.offset, r.length, PageState::kDiscarded, r.state});
+    }
+  }
+  for (size_t i = 0; i < replay.size(); ++i) {
+    const Change& c = replay[i];
+    Status st = listener->OnChange(c.offset, c.size, c.from, c.to);
+    if (!st.ok()) {
+      Undo(listener, replay, i);
+      return Status::Refused("listener '" + listener->name() + "' refused the replay of [" + Hex(c.offset) + ", " +
+                             Hex(c.offset + c.size) + ") of block '" + name_ + "': " + st.message());
+    }
+  }
+  listeners_.push_back({listener, offset, size, g});
+  return Status::OK();
+}
+
+Status BlockTracker::UnregisterListener(StateListener* listener) {
+  auto it = std::find_if(listeners_.begin(), listeners_.end(),
+                         [listener](const Registration& r) { return r.listener == listener; });
+  if (it == listeners_.end()) return Status::NotFound("listener is not registered on block '" + name_ + "'");
+  const Registration r = *it;
+  listeners_.erase(it);
+  if (listener->WithdrawWholeSection()) {
+    listener->OnWithdrawSection(r.offset, r.size);
+    return Status::OK();
+  }
+  const int vnone = listener->View(PageState::kDiscarded);
+  std::vector<Change> withdraw;
+  ForEachRun(r.offset, r.size, [&](const ByteRun& run) {
+    const int v = listener->View(run.state);
+    if (v == vnone) return true;
+    if (!withdraw.empty() && withdraw.back().offset + withdraw.back().size == run.offset &&
+        listener->View(withdraw.back().from) == v) {
+      withdraw.back().size += run.length;
+    } else {
+      withdraw.push_back({run.offset, run.length, run.state, PageState::kDiscarded});
+    }
+    return true;
+  });
+  for (const Change& c : withdraw) (void)listener->OnChange(c.offset, c.size, c.from, c.to);
   return Status::OK();
 }
 

@@ -95,9 +95,16 @@ uint64_t DenseNextDiff(const uint64_t* w, uint64_t p, uint64_t len, unsigned s) 
   return len;
 }
 
-// Index of the run containing local page p (starts[0] is 0).
+// Index of the run containing local page p (starts[0] is 0). Branch-free
+// halving: the lists are short and the probes unpredictable.
 inline uint32_t ListFind(const uint16_t* starts, uint32_t n, uint32_t p) {
-  return static_cast<uint32_t>(std::upper_bound(starts, starts + n, p) - starts) - 1;
+  const uint16_t* base = starts;
+  while (n > 1) {
+    const uint32_t half = n / 2;
+    base = base[half] <= p ? base + half : base;
+    n -= half;
+  }
+  return static_cast<uint32_t>(base - starts);
 }
 
 }  // namespace
@@ -313,10 +320,13 @@ void RunMap::AssignWholeChunks(uint64_t c0, uint64_t c1, PageState s, StateCount
 }
 
 void RunMap::AssignInChunk(uint64_t chunk, uint32_t a, uint32_t b, PageState s, StateCounts* changed) {
-  size_t i = SplitAt(chunk);
-  if (chunk + 1 < num_chunks()) {
-    SplitAt(chunk + 1);
-    i = FindEntry(chunk);
+  size_t i = chunk;  // a flat directory needs no splitting
+  if (!flat_) {
+    i = SplitAt(chunk);
+    if (chunk + 1 < num_chunks()) {
+      SplitAt(chunk + 1);
+      i = FindEntry(chunk);
+    }
   }
   Entry& e = dir_[i];
   const uint32_t len = static_cast<uint32_t>(ChunkLen(chunk));

@@ -13,6 +13,10 @@ Status VmState::AddBlock(std::unique_ptr<BlockTracker> block) {
   if (by_name_.count(block->name())) {
     return Status::InvalidArgument("block '" + block->name() + "' is already declared");
   }
+  if (epoch_ > 0) {
+    block->EnableJournal();
+    block->journal().AdvanceTo(epoch_);
+  }
   by_name_.emplace(block->name(), blocks_.size());
   blocks_.push_back(std::move(block));
   return Status::OK();
@@ -31,6 +35,15 @@ const BlockTracker* VmState::Find(std::string_view name) const {
 long VmState::IndexOf(std::string_view name) const {
   auto it = by_name_.find(std::string(name));
   return it == by_name_.end() ? -1 : static_cast<long>(it->second);
+}
+
+uint64_t VmState::OpenEpoch() {
+  ++epoch_;
+  for (auto& b : blocks_) {
+    b->EnableJournal();
+    b->journal().AdvanceTo(epoch_);
+  }
+  return epoch_;
 }
 
 size_t VmState::MemoryBytes() const {

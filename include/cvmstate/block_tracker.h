@@ -10,7 +10,10 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
+#include "cvmstate/change_journal.h"
+#include "cvmstate/listener.h"
 #include "cvmstate/page_state.h"
 #include "cvmstate/run_map.h"
 #include "cvmstate/status.h"
@@ -49,9 +52,31 @@ class BlockTracker {
   // non-empty, page aligned, no 64-bit overflow, inside the block.
   Status ValidateRange(uint64_t offset, uint64_t size) const;
 
-  // Converts [offset, offset+size) to `state` after ValidateRange. Pages
-  // already in `state` stay as they are. On error nothing changed.
+  // Converts [offset, offset+size) to `state` after ValidateRange, telling
+  // the registered listeners (see listener.h for the transaction rules) and
+  // recording the change in the journal when it is enabled. Pages already in
+  // `state` stay as they are and are not notified. On error (invalid range,
+  // a listener's granularity, a listener's refusal) nothing changed: not the
+  // map, not any listener's view.
   Status Convert(uint64_t offset, uint64_t size, PageState state);
+
+  // Registers `listener` (not owned; it must outlive its registration) for
+  // the byte section [offset, offset+size) and replays the section's
+  // current state to it. Fails, with nothing registered and nothing left
+  // notified, if the section is invalid or not aligned to the listener's
+  // granularity, if the listener is already registered, or if it refuses
+  // the replay.
+  Status RegisterListener(StateListener* listener, uint64_t offset, uint64_t size);
+  // Withdraws the section from the listener and forgets it. NotFound if it
+  // is not registered.
+  Status UnregisterListener(StateListener* listener);
+  size_t num_listeners() const { return listeners_.size(); }
+
+  // The change journal; records nothing until EnableJournal().
+  void EnableJournal() { journal_enabled_ = true; }
+  bool journal_enabled() const { return journal_enabled_; }
+  ChangeJournal& journal() { return journal_; }
+  const ChangeJournal& journal() const { return journal_; }
 
   // State of the page holding byte `offset`. Requires offset < size().
   PageState StateAt(uint64_t offset) const { return map_.Get(offset >> page_shift_); }
@@ -80,6 +105,20 @@ class BlockTracker {
  private:
   BlockTracker(std::string name, uint64_t size, uint64_t page_size, PageState initial, unsigned chunk_shift);
 
+  struct Registration {
+    StateListener* listener;
+    uint64_t offset, size;
+    uint64_t granularity;
+  };
+  // One notification: what a listener is told.
+  struct Change {
+    uint64_t offset, size;
+    PageState from, to;
+  };
+  // The changes `r` sees for the changed runs, merged by its View.
+  static void Project(const Registration& r, const std::vector<ByteRun>& changed, PageState to,
+                      std::vector<Change>* out);
+  static void Undo(StateListener* l, const std::vector<Change>& accepted, size_t n);
   std::string name_;
   uint64_t size_;
   uint64_t page_size_;
@@ -87,6 +126,9 @@ class BlockTracker {
   PageState initial_;
   RunMap map_;
   StateCounts pages_in_{};
+  std::vector<Registration> listeners_;
+  ChangeJournal journal_;
+  bool journal_enabled_ = false;
 };
 
 }  // namespace cvmstate

@@ -37,12 +37,18 @@ class VmState {
   BlockTracker& block(size_t i) { return *blocks_[i]; }
   const BlockTracker& block(size_t i) const { return *blocks_[i]; }
 
+  // Opens a new epoch of the change journal in every block (the first call
+  // turns journaling on) and returns it; see ChangeJournal.
+  uint64_t OpenEpoch();
+  uint64_t epoch() const { return epoch_; }
+
   // Heap bytes of all page-state structures.
   size_t MemoryBytes() const;
 
  private:
   std::vector<std::unique_ptr<BlockTracker>> blocks_;
   std::unordered_map<std::string, size_t> by_name_;
+  uint64_t epoch_ = 0;  // 0: not journaling
 };
 
 }  // namespace cvmstate

@@ -1,0 +1,67 @@
+#include "cvmstate/change_journal.h"
+
+#include <algorithm>
+
+namespace cvmstate {
+namespace {
+
+// Sorts by begin and merges overlapping or adjacent ranges; the merged
+// entry keeps the newest epoch.
+template <typename E>
+void SortAndMerge(std::vector<E>* v) {
+  std::sort(v->begin(), v->end(), [](const E& a, const E& b) { return a.begin < b.begin; });
+  size_t out = 0;
+  for (size_t i = 0; i < v->size(); ++i) {
+    if (out > 0 && (*v)[i].begin <= (*v)[out - 1].end) {
+      E& last = (*v)[out - 1];
+      last.end = std::max(last.end, (*v)[i].end);
+      if constexpr (requires { last.epoch; }) last.epoch = std::max(last.epoch, (*v)[i].epoch);
+    } else {
+      (*v)[out++] = (*v)[i];
+    }
+  }
+  v->resize(out);
+}
+
+}  // namespace
+
+void ChangeJournal::Record(uint64_t begin, uint64_t end) {
+  if (begin >= end) return;
+  if (!recent_.empty()) {
+    Entry& last = recent_.back();
+    // Repeated or adjacent conversions in one epoch merge in place.
+    if (last.epoch == epoch_ && begin <= last.end && end >= last.begin) {
+      last.begin = std::min(last.begin, begin);
+      last.end = std::max(last.end, end);
+      return;
+    }
+  }
+  recent_.push_back({epoch_, begin, end});
+  if (recent_.size() > std::max<size_t>(4096, 2 * compacted_.size())) Compact();
+}
+
+void ChangeJournal::Compact() {
+  compacted_.insert(compacted_.end(), recent_.begin(), recent_.end());
+  recent_.clear();
+  SortAndMerge(&compacted_);
+}
+
+std::vector<PageRange> ChangeJournal::ChangedSince(uint64_t since) const {
+  std::vector<PageRange> out;
+  for (const Entry& e : compacted_)
+    if (e.epoch >= since) out.push_back({e.begin, e.end});
+  auto first = std::lower_bound(recent_.begin(), recent_.end(), since,
+                                [](const Entry& e, uint64_t s) { return e.epoch < s; });
+  for (auto it = first; it != recent_.end(); ++it) out.push_back({it->begin, it->end});
+  SortAndMerge(&out);
+  return out;
+}
+
+void ChangeJournal::Trim(uint64_t before) {
+  std::erase_if(compacted_, [before](const Entry& e) { return e.epoch < before; });
+  auto first = std::lower_bound(recent_.begin(), recent_.end(), before,
+                                [](const Entry& e, uint64_t s) { return e.epoch < s; });
+  recent_.erase(recent_.begin(), first);
+}
+
+}  // namespace cvmstate
