@@ -11,6 +11,7 @@ void AddReplayCommand(CLI::App& app, int* exit_code);
 void AddGenCommand(CLI::App& app, int* exit_code);
 void AddBenchCommand(CLI::App& app, int* exit_code);
 void AddDemoCommand(CLI::App& app, int* exit_code);
+void AddDumpCommand(CLI::App& app, int* exit_code);
 
 }  // namespace cvmstate::tools
 

@@ -1,10 +1,11 @@
-// cvmstate replay TRACE [--impl NAME] [--keep-going] [--quiet]
+// cvmstate replay TRACE [--db DIR --vm ID] [--impl NAME] [--keep-going] [--quiet] [--vfio ...]
 #include <cinttypes>
 #include <cstdio>
 #include <memory>
 #include <string>
 
 #include "commands.h"
+#include "cvmstate/checkpoint_store.h"
 #include "cvmstate/listing.h"
 #include "cvmstate/trace.h"
 #include "cvmstate/vfio_sim.h"
@@ -23,6 +24,8 @@ struct ReplayOptions {
   std::string vfio;  // "", "granule" or "extent"
   uint64_t vfio_limit = 0;
   std::string vfio_out;
+  std::string db;
+  std::string vm;
 };
 
 // Replays a trace into a VmState (which validates every line and, for the
@@ -124,6 +127,19 @@ class Replayer {
   }
   bool has_vfio() const { return vfio_ != nullptr; }
 
+  // Commits the state to the store, if one is attached, and reports it.
+  Status Checkpoint() {
+    if (!checkpointer_) return Status::OK();
+    auto c = checkpointer_->CommitState(vm_);
+    if (!c.ok()) return c.status();
+    std::fprintf(stderr, "checkpoint %" PRIu64 " committed: %" PRIu64 " bytes\n", c->sequence, c->bytes);
+    return Status::OK();
+  }
+  void AttachStore(std::unique_ptr<CheckpointStore> store, const std::string& vm) {
+    store_ = std::move(store);
+    checkpointer_ = std::make_unique<VmCheckpointer>(store_.get(), vm);
+  }
+
   void WriteListing(OutputBuffer* out) {
     for (size_t i = 0; i < vm_.num_blocks(); ++i) {
       const BlockTracker& b = vm_.block(i);
@@ -150,6 +166,8 @@ class Replayer {
 
  private:
   std::unique_ptr<bench::TrackerImpl> impl_;
+  std::unique_ptr<CheckpointStore> store_;
+  std::unique_ptr<VmCheckpointer> checkpointer_;
   std::unique_ptr<VfioContainer> vfio_;
   std::vector<std::unique_ptr<DmaMappingListener>> vfio_listeners_;
   VmState vm_;  // last: destroyed before the listeners it points to
@@ -168,6 +186,11 @@ int RunReplay(const ReplayOptions& o) {
                                            o.vfio_limit);
   }
   Replayer replayer(std::move(impl), std::move(vfio));
+  if (!o.db.empty()) {
+    auto store = CheckpointStore::Open(o.db);
+    if (!store.ok()) return Fail(store.status().message());
+    replayer.AttachStore(std::move(store).value(), o.vm);
+  }
   std::string_view line;
   bool too_long = false;
   while (reader.Next(&line, &too_long)) {
@@ -180,6 +203,10 @@ int RunReplay(const ReplayOptions& o) {
     }
     bool fatal = false;
     if (s.ok()) s = replayer.Apply(d, &fatal);
+    if (s.ok() && d.kind == TraceDirective::Kind::kCheckpoint) {
+      s = replayer.Checkpoint();
+      fatal = !s.ok();  // the store failed, not the line
+    }
     if (!s.ok()) {
       std::fprintf(stderr, "%s:%" PRIu64 ": error: %s\n", o.trace.c_str(), reader.line_number(),
                    s.message().c_str());
@@ -187,6 +214,8 @@ int RunReplay(const ReplayOptions& o) {
     }
   }
   if (!reader.read_status().ok()) return Fail(o.trace + ": " + reader.read_status().message());
+  s = replayer.Checkpoint();  // the end of the trace commits too
+  if (!s.ok()) return Fail(s.message());
   if (replayer.has_vfio()) {
     s = replayer.FinishVfio(o.vfio_out);
     if (!s.ok()) return Fail(s.message());
@@ -213,6 +242,12 @@ void AddReplayCommand(CLI::App& app, int* exit_code) {
       ->check(CLI::IsMember(bench::ImplNames()));
   sub->add_flag("--keep-going", o->keep_going, "Report invalid lines and skip them instead of stopping");
   sub->add_flag("--quiet", o->quiet, "Do not print the run listing");
+  CLI::Option* db = sub->add_option("--db", o->db,
+                                    "Attach the persistent store (RocksDB in DIR, created if missing): every\n"
+                                    "checkpoint line and the end of the trace commit the state of --vm");
+  CLI::Option* vm = sub->add_option("--vm", o->vm, "VM id to commit under (A-Z a-z 0-9 . _ : -)");
+  db->needs(vm);
+  vm->needs(db);
   CLI::Option* vfio = sub->add_option("--vfio", o->vfio,
                                       "Attach a simulated VFIO type1 listener to every block: granule maps every\n"
                                       "shared page on its own (QEMU today), extent maps each populated section\n"
@@ -223,8 +258,13 @@ void AddReplayCommand(CLI::App& app, int* exit_code) {
   sub->add_option("--vfio-out", o->vfio_out, "Write the live mappings to FILE: NAME 0xOFFSET 0xLENGTH, sorted")
       ->needs(vfio);
   sub->callback([o, exit_code] {
-    if (!o->vfio.empty() && o->impl != "cvmstate") {
-      std::fprintf(stderr, "cvmstate: usage error: --vfio needs --impl cvmstate (see 'cvmstate replay --help')\n");
+    if (!o->vm.empty() && !CheckpointStore::IsValidVmId(o->vm)) {
+      std::fprintf(stderr, "cvmstate: usage error: invalid --vm '%s' (1 to 64 of A-Z a-z 0-9 . _ : -)\n", o->vm.c_str());
+      *exit_code = 2;
+      return;
+    }
+    if ((!o->vfio.empty() || !o->db.empty()) && o->impl != "cvmstate") {
+      std::fprintf(stderr, "cvmstate: usage error: --vfio and --db need --impl cvmstate (see 'cvmstate replay --help')\n");
       *exit_code = 2;
       return;
     }

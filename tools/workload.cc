@@ -87,9 +87,19 @@ Status Steady(uint64_t size, Rng& rng, uint64_t ops, Writer& w) {
   // The upper quarter of node 1 is not accepted yet (lazy accept).
   const uint64_t lazy_begin = AlignDown(node1 - node1 / 4, 2 * kMiB);
   w.Convert("discarded", rams[1].name, lazy_begin, node1 - lazy_begin);
-  const uint64_t swiotlb = std::clamp<uint64_t>(AlignDown(size / 256, 2 * kMiB), 64 * kMiB, 1 * kGiB);
-  w.Convert("shared", rams[0].name, std::min<uint64_t>(node0 / 2, 2 * kGiB) & ~(2 * kMiB - 1),
-            std::min(swiotlb, node0 / 4));
+  const uint64_t swiotlb_len =
+      std::min(std::clamp<uint64_t>(AlignDown(size / 256, 2 * kMiB), 64 * kMiB, 1 * kGiB), node0 / 4);
+  const uint64_t swiotlb_at = std::min<uint64_t>(node0 / 2, 2 * kGiB) & ~(2 * kMiB - 1);
+  w.Convert("shared", rams[0].name, swiotlb_at, swiotlb_len);
+  // A random aligned place for len bytes in block bi that keeps clear of
+  // the SWIOTLB pool (the guest never frees or reshares it).
+  auto place = [&](uint8_t bi, uint64_t len, uint64_t align) {
+    uint64_t off = AlignDown(rng.Below(rams[bi].size - len), align);
+    if (bi == 0 && off < swiotlb_at + swiotlb_len && off + len > swiotlb_at) {
+      off = AlignDown(swiotlb_at + swiotlb_len + rng.Below(node0 - swiotlb_at - swiotlb_len - len), align);
+    }
+    return off;
+  };
   const uint64_t vcpus = std::clamp<uint64_t>(size / (4 * kGiB), 2, 256);
   for (uint64_t i = 0; i < vcpus; ++i) {
     const Block& b = rams[i % 2];
@@ -113,7 +123,7 @@ Status Steady(uint64_t size, Rng& rng, uint64_t ops, Writer& w) {
       if (share || dma.empty()) {
         uint8_t bi = static_cast<uint8_t>(rng.Below(2));
         uint64_t len = rng.Between(1, 16) * kPage;
-        uint64_t off = AlignDown(rng.Below(rams[bi].size - len), kPage);
+        uint64_t off = place(bi, len, kPage);
         dma.push_back({bi, off, len});
         w.Convert("shared", rams[bi].name, off, len);
       } else {
@@ -126,7 +136,7 @@ Status Steady(uint64_t size, Rng& rng, uint64_t ops, Writer& w) {
     } else if (roll < 90) {  // free-page reporting
       uint8_t bi = static_cast<uint8_t>(rng.Below(2));
       uint64_t len = rng.Between(1, 2) * 2 * kMiB;
-      uint64_t off = AlignDown(rng.Below(rams[bi].size - len), 2 * kMiB);
+      uint64_t off = place(bi, len, 2 * kMiB);
       reported.push_back({bi, off, len});
       w.Convert("discarded", rams[bi].name, off, len);
     } else if (roll < 96) {  // re-accept a reported range, or lazily accept 2 MiB
@@ -146,11 +156,11 @@ Status Steady(uint64_t size, Rng& rng, uint64_t ops, Writer& w) {
     } else if (roll < 98) {  // a device ring (4-16 pages) shared for good
       uint8_t bi = static_cast<uint8_t>(rng.Below(2));
       uint64_t len = rng.Between(4, 16) * kPage;
-      w.Convert("shared", rams[bi].name, AlignDown(rng.Below(rams[bi].size - len), kPage), len);
+      w.Convert("shared", rams[bi].name, place(bi, len, kPage), len);
     } else {  // a balloon inflates by 1-8 MiB
       uint8_t bi = static_cast<uint8_t>(rng.Below(2));
       uint64_t len = rng.Between(1, 8) * kMiB;
-      uint64_t off = AlignDown(rng.Below(rams[bi].size - len), kMiB);
+      uint64_t off = place(bi, len, kMiB);
       reported.push_back({bi, off, len});
       w.Convert("discarded", rams[bi].name, off, len);
     }

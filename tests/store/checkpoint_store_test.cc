@@ -1,0 +1,350 @@
+// The persistent store: round trips, incremental size, corruption, crashes.
+#include "cvmstate/checkpoint_store.h"
+
+#include <gtest/gtest.h>
+#include <rocksdb/db.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include "cvmstate/listing.h"
+#include "cvmstate/state_digest.h"
+#include "cvmstate/trace.h"
+#include "process.h"
+#include "workload.h"
+
+namespace cvmstate {
+namespace {
+
+using testing::MakeTempDir;
+
+std::string Listing(const VmState& vm) {
+  std::string s;
+  AppendRunListing(vm, &s);
+  return s;
+}
+
+// Applies a trace held in memory; checkpoint lines call on_checkpoint.
+template <typename Fn>
+void ApplyTrace(const std::string& trace, VmState* vm, Fn&& on_checkpoint) {
+  size_t pos = 0;
+  while (pos < trace.size()) {
+    size_t nl = trace.find('\n', pos);
+    if (nl == std::string::npos) nl = trace.size();
+    TraceDirective d;
+    ASSERT_TRUE(ParseTraceLine(std::string_view(trace).substr(pos, nl - pos), &d).ok());
+    ASSERT_TRUE(ApplyTraceDirective(d, vm).ok());
+    if (d.kind == TraceDirective::Kind::kCheckpoint) on_checkpoint();
+    pos = nl + 1;
+  }
+}
+
+std::unique_ptr<CheckpointStore> OpenStore(const std::string& dir) {
+  auto s = CheckpointStore::Open(dir);
+  EXPECT_TRUE(s.ok()) << s.status().message();
+  return std::move(s).value();
+}
+
+TEST(CheckpointStoreTest, RoundTripsRandomStatesOfSeveralVms) {
+  const std::string dir = MakeTempDir();
+  auto store = OpenStore(dir);
+  std::mt19937_64 rng(11);
+  struct Vm {
+    std::string id;
+    VmState state;
+    std::unique_ptr<VmCheckpointer> cp;
+  };
+  std::vector<Vm> vms(3);
+  for (int v = 0; v < 3; ++v) {
+    vms[v].id = "vm-" + std::to_string(v);
+    vms[v].cp = std::make_unique<VmCheckpointer>(store.get(), vms[v].id);
+    // Sizes that are not chunk multiples, 4 KiB and 2 MiB pages, all initials.
+    ASSERT_TRUE(vms[v].state.AddBlock("ram", (uint64_t{3} << 30) + (v + 1) * 40960, 4096, PageState::kPrivate).ok());
+    ASSERT_TRUE(vms[v].state.AddBlock("huge", uint64_t{8} << 30, 2 << 20, PageState::kShared).ok());
+    ASSERT_TRUE(vms[v].state.AddBlock("small", 1 << 20, 4096, PageState::kDiscarded).ok());
+  }
+  for (int round = 0; round < 12; ++round) {
+    for (auto& vm : vms) {
+      BlockTracker* ram = vm.state.Find("ram");
+      BlockTracker* huge = vm.state.Find("huge");
+      const uint64_t pages = ram->size() / 4096;
+      for (int i = 0; i < 3000; ++i) {  // single pages: lists, then dense chunks
+        uint64_t p = rng() % (pages / 3);
+        ASSERT_TRUE(ram->Convert(p * 4096, 4096, static_cast<PageState>(rng() % 3)).ok());
+      }
+      for (int i = 0; i < 20; ++i) {  // ranges, whole chunks, stretches
+        uint64_t p = rng() % pages, n = 1 + rng() % std::min<uint64_t>(pages - p, 1 << 18);
+        ASSERT_TRUE(ram->Convert(p * 4096, n * 4096, static_cast<PageState>(rng() % 3)).ok());
+        uint64_t h = rng() % 4096, hn = 1 + rng() % (4096 - h);
+        ASSERT_TRUE(huge->Convert(h << 21, hn << 21, static_cast<PageState>(rng() % 3)).ok());
+      }
+      if (round == 5) {
+        ASSERT_TRUE(vm.state.AddBlock("late", 1 << 30, 4096, PageState::kShared).ok());
+      }
+      if (round > 5) {
+        ASSERT_TRUE(vm.state.Find("late")->Convert(0, 8192, PageState::kPrivate).ok());
+      }
+      auto c = vm.cp->CommitState(vm.state);
+      ASSERT_TRUE(c.ok()) << c.status().message();
+      EXPECT_EQ(c->sequence, static_cast<uint64_t>(round + 1));
+    }
+    for (auto& vm : vms) {
+      CheckpointInfo info;
+      auto loaded = store->Load(vm.id, &info);
+      ASSERT_TRUE(loaded.ok()) << loaded.status().message();
+      ASSERT_EQ(Listing(loaded.value()), Listing(vm.state)) << vm.id << " round " << round;
+      EXPECT_EQ(info.sequence, static_cast<uint64_t>(round + 1));
+      EXPECT_EQ(info.digest, ComputeStateDigest(vm.state));
+      for (size_t b = 0; b < vm.state.num_blocks(); ++b) {
+        for (int s = 0; s < 3; ++s) {
+          EXPECT_EQ(loaded->block(b).BytesIn(static_cast<PageState>(s)),
+                    vm.state.block(b).BytesIn(static_cast<PageState>(s)));
+        }
+      }
+    }
+  }
+  auto list = store->ListVms();
+  ASSERT_TRUE(list.ok());
+  EXPECT_EQ(list.value(), (std::vector<std::string>{"vm-0", "vm-1", "vm-2"}));
+  EXPECT_EQ(store->Load("vm-9").status().code(), Status::Code::kNotFound);
+  // A fresh checkpointer replaces what the id held.
+  VmState small;
+  ASSERT_TRUE(small.AddBlock("x", 1 << 20, 4096, PageState::kShared).ok());
+  VmCheckpointer again(store.get(), "vm-1");
+  ASSERT_TRUE(again.CommitState(small).ok());
+  auto back = store->Load("vm-1");
+  ASSERT_TRUE(back.ok()) << back.status().message();
+  EXPECT_EQ(Listing(back.value()), "x 0x0 0x100000 shared\n");
+}
+
+TEST(CheckpointStoreTest, IncrementalCheckpointIsSmall) {
+  // A 64 GiB guest in a realistic state; then 100 page conversions inside
+  // one GiB must write at most 1/20 of a full checkpoint.
+  std::string trace;
+  ASSERT_TRUE(tools::GenerateWorkload("steady", uint64_t{64} << 30, 5, 20000, &trace).ok());
+  VmState vm;
+  ApplyTrace(trace, &vm, [] {});
+  const std::string dir = MakeTempDir();
+  auto store = OpenStore(dir);
+  VmCheckpointer cp(store.get(), "guest");
+  auto full = cp.CommitState(vm);
+  ASSERT_TRUE(full.ok());
+  std::mt19937_64 rng(3);
+  BlockTracker* b = vm.Find("/objects/mem0");
+  const uint64_t base = uint64_t{5} << 30;
+  for (int i = 0; i < 100; ++i) {
+    ASSERT_TRUE(b->Convert(base + (rng() % 262144) * 4096, 4096, static_cast<PageState>(rng() % 3)).ok());
+  }
+  auto inc = cp.CommitState(vm);
+  ASSERT_TRUE(inc.ok());
+  std::fprintf(stderr, "full checkpoint %llu bytes, incremental after 100 conversions %llu bytes\n",
+               static_cast<unsigned long long>(full->bytes), static_cast<unsigned long long>(inc->bytes));
+  EXPECT_LE(inc->bytes * 20, full->bytes);
+  auto loaded = store->Load("guest");
+  ASSERT_TRUE(loaded.ok());
+  EXPECT_EQ(Listing(loaded.value()), Listing(vm));
+}
+
+// Flips bytes of stored values through the RocksDB API: every load either
+// fails with a reason or returns exactly the committed state.
+TEST(CheckpointStoreTest, CorruptedValuesAreRefused) {
+  std::string trace;
+  ASSERT_TRUE(tools::GenerateWorkload("steady", uint64_t{16} << 30, 8, 4000, &trace).ok());
+  VmState vm;
+  ApplyTrace(trace, &vm, [] {});
+  const std::string want = Listing(vm);
+  const std::string dir = MakeTempDir();
+  auto store = OpenStore(dir);
+  VmCheckpointer cp(store.get(), "g");
+  ASSERT_TRUE(cp.CommitState(vm).ok());
+  rocksdb::DB* db = store->db();
+  std::vector<std::pair<std::string, std::string>> kv;
+  std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(rocksdb::ReadOptions()));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) kv.push_back({it->key().ToString(), it->value().ToString()});
+  ASSERT_GT(kv.size(), 10u);
+  std::mt19937_64 rng(1);
+  int refused = 0, same = 0;
+  for (int trial = 0; trial < 400; ++trial) {
+    const auto& [key, value] = kv[rng() % kv.size()];
+    std::string bad = value;
+    const size_t at = rng() % bad.size();
+    bad[at] = static_cast<char>(bad[at] ^ (1 << (rng() % 8)));
+    if (trial % 50 == 49) bad.resize(rng() % bad.size());  // truncation too
+    ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), key, bad).ok());
+    auto loaded = store->Load("g");
+    if (loaded.ok()) {
+      ASSERT_EQ(Listing(loaded.value()), want) << "a corrupted value produced a different state";
+      ++same;
+    } else {
+      EXPECT_EQ(loaded.status().code(), Status::Code::kCorruption) << loaded.status().message();
+      EXPECT_NE(loaded.status().message().find("VM 'g'"), std::string::npos);
+      ++refused;
+    }
+    ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), key, value).ok());
+  }
+  EXPECT_GT(refused, 300);  // only a few bytes (times, sequence) are not state
+  std::fprintf(stderr, "corrupted values: %d refused, %d harmless\n", refused, same);
+  // A missing record and an extra record are corruption too.
+  for (const auto& [key, value] : kv) {
+    if (key[0] != 'c') continue;
+    ASSERT_TRUE(db->Delete(rocksdb::WriteOptions(), key).ok());
+    EXPECT_EQ(store->Load("g").status().code(), Status::Code::kCorruption);
+    ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), key, value).ok());
+    std::string extra = key;
+    extra.back() = static_cast<char>(extra.back() ^ 0x40);
+    ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), extra, value).ok());
+    EXPECT_FALSE(store->Load("g").ok());
+    ASSERT_TRUE(db->Delete(rocksdb::WriteOptions(), extra).ok());
+    break;
+  }
+  EXPECT_TRUE(store->Load("g").ok());
+}
+
+TEST(CheckpointStoreTest, CorruptedSstFilesAreRefused) {
+  std::string trace;
+  ASSERT_TRUE(tools::GenerateWorkload("steady", uint64_t{16} << 30, 9, 4000, &trace).ok());
+  VmState vm;
+  ApplyTrace(trace, &vm, [] {});
+  const std::string want = Listing(vm);
+  const std::string dir = MakeTempDir();
+  {
+    auto store = OpenStore(dir);
+    VmCheckpointer cp(store.get(), "g");
+    ASSERT_TRUE(cp.CommitState(vm).ok());
+    ASSERT_TRUE(store->db()->Flush(rocksdb::FlushOptions()).ok());
+  }
+  std::vector<std::string> ssts;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    if (e.path().extension() == ".sst") ssts.push_back(e.path());
+  }
+  ASSERT_FALSE(ssts.empty());
+  std::mt19937_64 rng(2);
+  int refused = 0;
+  for (int trial = 0; trial < 40; ++trial) {
+    const std::string& f = ssts[rng() % ssts.size()];
+    std::string data = testing::ReadFile(f);
+    const std::string original = data;
+    // Corrupt the data blocks (the first 90%): the footer's checksums then differ.
+    const size_t at = rng() % (data.size() * 9 / 10);
+    data[at] = static_cast<char>(data[at] ^ 0x5a);
+    testing::WriteFile(f, data);
+    auto store = CheckpointStore::Open(dir);
+    if (store.ok()) {
+      auto loaded = store.value()->Load("g");
+      if (loaded.ok()) {
+        ASSERT_EQ(Listing(loaded.value()), want);
+      } else {
+        ++refused;
+      }
+    } else {
+      ++refused;
+    }
+    store = Status::IOError("closed");
+    testing::WriteFile(f, original);
+  }
+  EXPECT_GT(refused, 20);
+}
+
+// A child replays with frequent checkpoints and is killed with SIGKILL at
+// random moments: the store always holds exactly one whole checkpoint, never
+// older than the last one the child reported.
+TEST(CheckpointStoreTest, SurvivesSigkillAtRandomMoments) {
+  std::string base;
+  ASSERT_TRUE(tools::GenerateWorkload("steady", uint64_t{64} << 30, 12, 30000, &base).ok());
+  std::string trace;
+  {
+    size_t pos = 0, n = 0;
+    while (pos < base.size()) {
+      size_t nl = base.find('\n', pos);
+      std::string line = base.substr(pos, nl - pos);
+      pos = nl + 1;
+      if (line == "checkpoint") continue;
+      trace += line + "\n";
+      if (++n % 300 == 0) trace += "checkpoint\n";
+    }
+  }
+  // The digest expected at each checkpoint sequence (the end commits too).
+  std::vector<uint64_t> expected{0};
+  {
+    VmState vm;
+    ApplyTrace(trace, &vm, [&] { expected.push_back(ComputeStateDigest(vm)); });
+    expected.push_back(ComputeStateDigest(vm));
+  }
+  const std::string dir = MakeTempDir();
+  testing::WriteFile(dir + "/t.trace", trace);
+  std::mt19937_64 rng(77);
+  int loaded_any = 0, killed_mid_run = 0;
+  for (int round = 0; round < 12; ++round) {
+    const std::string db = dir + "/db" + std::to_string(round % 3);  // some runs replace an older VM
+    int err_pipe[2];
+    ASSERT_EQ(pipe(err_pipe), 0);
+    pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      dup2(err_pipe[1], 2);
+      close(err_pipe[0]);
+      execl(testing::CvmstateBinary().c_str(), "cvmstate", "replay", "--quiet", "--db", db.c_str(), "--vm", "v",
+            (dir + "/t.trace").c_str(), static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    close(err_pipe[1]);
+    usleep(static_cast<useconds_t>(2000 + rng() % 150000));
+    ::kill(pid, SIGKILL);
+    int status;
+    waitpid(pid, &status, 0);
+    killed_mid_run += WIFSIGNALED(status);
+    std::string err;
+    char buf[4096];
+    ssize_t n;
+    while ((n = read(err_pipe[0], buf, sizeof buf)) > 0) err.append(buf, static_cast<size_t>(n));
+    close(err_pipe[0]);
+    uint64_t reported = 0;
+    for (size_t p = 0; (p = err.find("checkpoint ", p)) != std::string::npos; ++p) {
+      reported = std::max<uint64_t>(reported, std::strtoull(err.c_str() + p + 11, nullptr, 10));
+    }
+    auto store = CheckpointStore::Open(db);
+    ASSERT_TRUE(store.ok()) << store.status().message();
+    CheckpointInfo info;
+    auto vm = store.value()->Load("v", &info);
+    if (!vm.ok()) {
+      // Killed before its first commit of this run: only a previous run's
+      // state (or nothing) may be there, and nothing may be reported.
+      ASSERT_EQ(vm.status().code(), Status::Code::kNotFound) << vm.status().message();
+      ASSERT_EQ(reported, 0u);
+      continue;
+    }
+    ++loaded_any;
+    if (reported > 0) {
+      ASSERT_GE(info.sequence, reported) << "older than the last reported checkpoint";
+    }
+    ASSERT_LT(info.sequence, expected.size());
+    ASSERT_EQ(ComputeStateDigest(vm.value()), expected[info.sequence]) << "checkpoint " << info.sequence;
+  }
+  EXPECT_GT(loaded_any, 3);
+  EXPECT_GT(killed_mid_run, 6) << "the kills should land while the child runs";
+  std::fprintf(stderr, "%d of 12 children killed mid-run, %d stores loaded\n", killed_mid_run, loaded_any);
+}
+
+TEST(CheckpointStoreTest, ClearErrorsForBadDirectories) {
+  const std::string dir = MakeTempDir();
+  testing::WriteFile(dir + "/file", "x");
+  auto bad = CheckpointStore::Open(dir + "/file");
+  EXPECT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("cannot open store"), std::string::npos);
+  auto first = CheckpointStore::Open(dir + "/db");
+  ASSERT_TRUE(first.ok());
+  auto second = CheckpointStore::Open(dir + "/db");  // locked by the first
+  EXPECT_FALSE(second.ok());
+  auto ro = CheckpointStore::Open(dir + "/missing", /*read_only=*/true);
+  EXPECT_FALSE(ro.ok());
+  VmState vm;
+  VmCheckpointer bad_id(first.value().get(), "no/slash");
+  EXPECT_EQ(bad_id.CommitState(vm).status().code(), Status::Code::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace cvmstate
