@@ -212,6 +212,13 @@ Result<uint64_t> CheckpointStore::CommitFull(const std::string& id, const VmStat
   return bytes;
 }
 
+Status CheckpointStore::DeleteVm(const std::string& id) {
+  rocksdb::WriteBatch batch;
+  batch.DeleteRange(ChunkPrefix(id), "c" + id + std::string(1, '\1'));
+  batch.Delete(ManifestKey(id));
+  return Write(&batch);
+}
+
 Result<VmState> CheckpointStore::Load(const std::string& id, CheckpointInfo* info) const {
   const std::string where = "VM '" + id + "'";
   std::string value;

@@ -69,16 +69,20 @@ size_t MaxRawChunkBytes(uint64_t chunk_pages) {
   return 10 + (chunk_pages + 3) / 4 + chunk_pages * 10;
 }
 
-Status EncodeChunk(const std::vector<ChunkRun>& runs, std::string* out, uint32_t* raw_size) {
-  std::string raw;
-  raw.reserve(10 + runs.size() * 3);
-  PutVarint(&raw, runs.size());
+void AppendRuns(const std::vector<ChunkRun>& runs, std::string* raw) {
+  PutVarint(raw, runs.size());
   for (size_t i = 0; i < runs.size(); i += 4) {
     uint8_t packed = 0;
     for (size_t k = 0; k < 4 && i + k < runs.size(); ++k) packed |= static_cast<uint8_t>(runs[i + k].state) << (2 * k);
-    raw.push_back(static_cast<char>(packed));
+    raw->push_back(static_cast<char>(packed));
   }
-  for (const ChunkRun& r : runs) PutVarint(&raw, r.pages);
+  for (const ChunkRun& r : runs) PutVarint(raw, r.pages);
+}
+
+Status EncodeChunk(const std::vector<ChunkRun>& runs, std::string* out, uint32_t* raw_size) {
+  std::string raw;
+  raw.reserve(10 + runs.size() * 3);
+  AppendRuns(runs, &raw);
   *raw_size = static_cast<uint32_t>(raw.size());
   return ZstdCompress(raw, out);
 }
@@ -124,19 +128,30 @@ Status DecodeChunk(std::string_view payload, uint32_t raw_size, uint64_t chunk_p
   Status zs = ZstdDecompressExact(payload, raw_size, MaxRawChunkBytes(chunk_pages), &raw);
   if (!zs.ok()) return zs;
   std::string_view in(raw);
+  Status s = ParseRuns(&in, chunk_pages, expected_runs, runs);
+  if (!s.ok()) return s;
+  if (runs->size() != expected_runs) return Status::Corruption("run count differs from the record's");
+  if (!in.empty()) return Status::Corruption("trailing bytes after the runs");
+  return Status::OK();
+}
+
+Status ParseRuns(std::string_view* in, uint64_t pages, uint64_t max_runs, std::vector<ChunkRun>* runs) {
+  runs->clear();
   uint64_t count;
-  if (!GetVarint(&in, &count) || count != expected_runs) return Status::Corruption("run count differs from the record's");
+  if (!GetVarint(in, &count) || count == 0 || count > max_runs || count > pages) {
+    return Status::Corruption("bad run count");
+  }
   const size_t packed = (count + 3) / 4;
-  if (in.size() < packed) return Status::Corruption("truncated states");
-  std::string_view states = in.substr(0, packed);
-  in.remove_prefix(packed);
+  if (in->size() < packed) return Status::Corruption("truncated states");
+  std::string_view states = in->substr(0, packed);
+  in->remove_prefix(packed);
   runs->reserve(count);
   uint64_t total = 0;
   for (uint64_t i = 0; i < count; ++i) {
     const unsigned s = (static_cast<uint8_t>(states[i / 4]) >> (2 * (i % 4))) & 3;
     if (!IsValidPageStateValue(s)) return Status::Corruption("invalid state value " + std::to_string(s));
     uint64_t len;
-    if (!GetVarint(&in, &len) || len == 0 || len > chunk_pages - total) {
+    if (!GetVarint(in, &len) || len == 0 || len > pages - total) {
       return Status::Corruption("run " + std::to_string(i) + " has a bad length");
     }
     if (i > 0 && static_cast<unsigned>(runs->back().state) == s) {
@@ -145,13 +160,13 @@ Status DecodeChunk(std::string_view payload, uint32_t raw_size, uint64_t chunk_p
     total += len;
     runs->push_back({len, static_cast<PageState>(s)});
   }
-  // Unused state bits and trailing bytes must be zero / absent.
+  // Unused state bits must be zero.
   if (count % 4 != 0 && (static_cast<uint8_t>(states[packed - 1]) >> (2 * (count % 4))) != 0) {
     return Status::Corruption("stray state bits");
   }
-  if (!in.empty()) return Status::Corruption("trailing bytes after the runs");
-  if (total != chunk_pages) return Status::Corruption("runs cover " + std::to_string(total) + " of " +
-                                                      std::to_string(chunk_pages) + " pages");
+  if (total != pages) {
+    return Status::Corruption("runs cover " + std::to_string(total) + " of " + std::to_string(pages) + " pages");
+  }
   return Status::OK();
 }
 

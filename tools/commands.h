@@ -12,6 +12,7 @@ void AddGenCommand(CLI::App& app, int* exit_code);
 void AddBenchCommand(CLI::App& app, int* exit_code);
 void AddDemoCommand(CLI::App& app, int* exit_code);
 void AddDumpCommand(CLI::App& app, int* exit_code);
+void AddMigrateCommand(CLI::App& app, int* exit_code);
 
 }  // namespace cvmstate::tools
 

@@ -1,6 +1,11 @@
 // cvmstate dump --db DIR [--vm ID] [--format summary|runs|json] [--out FILE]
 #include <algorithm>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cinttypes>
+#include <cstring>
 #include <cstdio>
 #include <ctime>
 #include <memory>
@@ -9,12 +14,15 @@
 #include "commands.h"
 #include "cvmstate/checkpoint_store.h"
 #include "cvmstate/listing.h"
+#include "cvmstate/migration.h"
+#include "cvmstate/state_digest.h"
 #include "output.h"
 
 namespace cvmstate::tools {
 namespace {
 
 struct DumpOptions {
+  std::string stream;
   std::string db;
   std::string vm;
   std::string format = "summary";
@@ -46,9 +54,15 @@ void Summary(const VmState& vm, const CheckpointInfo& info, std::string* out) {
   char when[64] = "unknown";
   std::tm tm{};
   if (gmtime_r(&t, &tm) != nullptr) std::strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S UTC", &tm);
-  std::snprintf(line, sizeof line, "VM %s: checkpoint %" PRIu64 " committed %s, %zu block(s), %" PRIu64
-                " runs, digest %016" PRIx64 "\n\n", info.vm.c_str(), info.sequence, when, vm.num_blocks(),
-                info.total_runs, info.digest);
+  if (info.unix_time == 0) {  // from a recorded migration stream
+    std::snprintf(line, sizeof line, "VM %s: final state of a migration stream of %" PRIu64 " rounds, %zu block(s), %" PRIu64
+                  " runs, digest %016" PRIx64 "\n\n", info.vm.c_str(), info.sequence, vm.num_blocks(),
+                  info.total_runs, info.digest);
+  } else {
+    std::snprintf(line, sizeof line, "VM %s: checkpoint %" PRIu64 " committed %s, %zu block(s), %" PRIu64
+                  " runs, digest %016" PRIx64 "\n\n", info.vm.c_str(), info.sequence, when, vm.num_blocks(),
+                  info.total_runs, info.digest);
+  }
   out->append(line);
   std::snprintf(line, sizeof line, "%-20s %10s %8s %18s %18s %18s %9s\n", "block", "size", "page", "shared", "private",
                 "discarded", "runs");
@@ -104,7 +118,41 @@ void Json(const VmState& vm, const CheckpointInfo& info, std::string* out) {
   out->append("]}\n");
 }
 
+// Closes a file descriptor when it goes out of scope.
+struct Fd {
+  int fd = -1;
+  ~Fd() {
+    if (fd >= 0) close(fd);
+  }
+};
+
+// The final state carried by a recorded migration stream.
+Result<VmState> LoadStream(const std::string& path, CheckpointInfo* info) {
+  Fd fd;
+  fd.fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd.fd < 0) return Status::IOError("cannot read '" + path + "': " + std::strerror(errno));
+  FdSource in(fd.fd, 0);
+  MigrationDestination dest({});
+  std::string id;
+  auto vm = dest.Receive(&in, &id);
+  if (!vm.ok()) return Status::Corruption("stream '" + path + "': " + vm.status().message());
+  info->vm = id;
+  info->sequence = dest.rounds().size();
+  info->digest = ComputeStateDigest(vm.value());
+  for (size_t i = 0; i < vm->num_blocks(); ++i) info->total_runs += vm->block(i).CountRuns();
+  return vm;
+}
+
+int Print(const DumpOptions& o, const VmState& vm, const CheckpointInfo& info);
+
 int RunDump(const DumpOptions& o) {
+  CheckpointInfo info;
+  Result<VmState> vm = Status::NotFound("");
+  if (!o.stream.empty()) {
+    vm = LoadStream(o.stream, &info);
+    if (!vm.ok()) return Fail(vm.status().message());
+    return Print(o, vm.value(), info);
+  }
   auto store = CheckpointStore::Open(o.db, /*read_only=*/true);
   if (!store.ok()) return Fail(store.status().message());
   std::string vm_id = o.vm;
@@ -119,15 +167,18 @@ int RunDump(const DumpOptions& o) {
     }
     vm_id = vms->front();
   }
-  CheckpointInfo info;
-  auto vm = store.value()->Load(vm_id, &info);
+  vm = store.value()->Load(vm_id, &info);
   if (!vm.ok()) return Fail(vm.status().message());
+  return Print(o, vm.value(), info);
+}
+
+int Print(const DumpOptions& o, const VmState& vm, const CheckpointInfo& info) {
   std::FILE* f = o.out.empty() ? stdout : std::fopen(o.out.c_str(), "wb");
   if (f == nullptr) return Fail("cannot write '" + o.out + "'");
   OutputBuffer out(f);
   if (o.format == "runs") {
-    for (size_t i = 0; i < vm->num_blocks(); ++i) {
-      const BlockTracker& b = vm->block(i);
+    for (size_t i = 0; i < vm.num_blocks(); ++i) {
+      const BlockTracker& b = vm.block(i);
       b.ForEachRun([&](const ByteRun& r) {
         AppendListingLine(out.buffer(), b.name(), r.offset, r.length, r.state);
         out.MaybeFlush();
@@ -135,9 +186,9 @@ int RunDump(const DumpOptions& o) {
       });
     }
   } else if (o.format == "json") {
-    Json(vm.value(), info, out.buffer());
+    Json(vm, info, out.buffer());
   } else {
-    Summary(vm.value(), info, out.buffer());
+    Summary(vm, info, out.buffer());
   }
   bool ok = out.Flush();
   if (f != stdout && std::fclose(f) != 0) ok = false;
@@ -151,15 +202,25 @@ void AddDumpCommand(CLI::App& app, int* exit_code) {
   auto o = std::make_shared<DumpOptions>();
   CLI::App* sub = app.add_subcommand(
       "dump",
-      "Show the last committed state of a VM in a store.\n"
+      "Show the last committed state of a VM in a store, or the final state carried\n"
+      "by a recorded migration stream.\n"
       "Examples:\n  cvmstate dump --db /var/lib/cvmstate --vm guest1\n"
       "  cvmstate dump --db /var/lib/cvmstate --vm guest1 --format runs > guest1.runs");
-  sub->add_option("--db", o->db, "Store directory (opened read-only)")->required();
+  CLI::Option* db = sub->add_option("--db", o->db, "Store directory (opened read-only)");
+  CLI::Option* stream = sub->add_option("--stream", o->stream, "A recorded migration stream (migrate send --to-file)");
+  db->excludes(stream);
   sub->add_option("--vm", o->vm, "VM id; may be omitted when the store holds one VM");
   sub->add_option("--format", o->format, "summary (default, for people), runs (canonical listing), json")
       ->check(CLI::IsMember({"summary", "runs", "json"}));
   sub->add_option("--out", o->out, "Write to FILE instead of standard output");
-  sub->callback([o, exit_code] { *exit_code = RunDump(*o); });
+  sub->callback([o, exit_code, db, stream] {
+    if (db->count() + stream->count() != 1) {
+      std::fprintf(stderr, "cvmstate: usage error: dump needs --db DIR or --stream FILE\n");
+      *exit_code = 2;
+      return;
+    }
+    *exit_code = RunDump(*o);
+  });
 }
 
 }  // namespace cvmstate::tools

@@ -35,6 +35,7 @@ int main(int argc, char** argv) {
   cvmstate::tools::AddReplayCommand(app, &exit_code);
   cvmstate::tools::AddGenCommand(app, &exit_code);
   cvmstate::tools::AddDumpCommand(app, &exit_code);
+  cvmstate::tools::AddMigrateCommand(app, &exit_code);
   cvmstate::tools::AddBenchCommand(app, &exit_code);
   cvmstate::tools::AddDemoCommand(app, &exit_code);
   try {

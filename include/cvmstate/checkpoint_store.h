@@ -64,6 +64,10 @@ class CheckpointStore {
   // Returns the bytes written (keys plus values).
   Result<uint64_t> CommitFull(const std::string& id, const VmState& vm, uint64_t sequence);
 
+  // Removes every key of `id` in one synced batch (a destination that
+  // cannot finish takes its commit back this way).
+  Status DeleteVm(const std::string& id);
+
   rocksdb::DB* db() const { return db_.get(); }
 
  private:

@@ -36,6 +36,12 @@ Status ZstdCompress(std::string_view raw, std::string* out);
 // checked first), with its checksum, and a capped window.
 Status ZstdDecompressExact(std::string_view frame, size_t size, size_t cap, std::string* out);
 
+// Appends the raw form of runs (count, packed states, lengths).
+void AppendRuns(const std::vector<ChunkRun>& runs, std::string* raw);
+// Consumes one raw run list from *in that must cover exactly `pages` pages
+// with at most max_runs maximal runs. Corruption with a reason otherwise.
+Status ParseRuns(std::string_view* in, uint64_t pages, uint64_t max_runs, std::vector<ChunkRun>* runs);
+
 // Largest raw encoding of a chunk of `chunk_pages` pages.
 size_t MaxRawChunkBytes(uint64_t chunk_pages);
 

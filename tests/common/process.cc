@@ -107,6 +107,75 @@ ProcessResult RunProcess(const std::vector<std::string>& argv, const ProcessOpti
   return res;
 }
 
+BackgroundProcess::BackgroundProcess(const std::vector<std::string>& argv, const std::string& out_path,
+                                     const std::string& err_path)
+    : out_(out_path), err_(err_path) {
+  pid_ = fork();
+  if (pid_ < 0) throw std::runtime_error("fork");
+  if (pid_ == 0) {
+    int o = open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int e = open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int in = open("/dev/null", O_RDONLY);
+    if (o < 0 || e < 0 || in < 0) _exit(127);
+    dup2(in, 0);
+    dup2(o, 1);
+    dup2(e, 2);
+    std::vector<char*> args;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    execv(args[0], args.data());
+    _exit(127);
+  }
+}
+
+BackgroundProcess::~BackgroundProcess() {
+  if (pid_ > 0) {
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+  }
+}
+
+void BackgroundProcess::Kill(int sig) {
+  if (pid_ > 0) kill(pid_, sig);
+}
+
+ProcessResult BackgroundProcess::Wait(int timeout_seconds) {
+  ProcessResult res;
+  int status = 0;
+  rusage ru{};
+  for (int waited_ms = 0;; waited_ms += 10) {
+    pid_t r = wait4(pid_, &status, WNOHANG, &ru);
+    if (r == pid_) break;
+    if (waited_ms >= timeout_seconds * 1000) {
+      kill(pid_, SIGKILL);
+      res.timed_out = true;
+      wait4(pid_, &status, 0, &ru);
+      break;
+    }
+    usleep(10000);
+  }
+  pid_ = -1;
+  res.max_rss_kb = ru.ru_maxrss;
+  if (WIFSIGNALED(status)) {
+    res.signal = WTERMSIG(status);
+  } else {
+    res.exit_code = WEXITSTATUS(status);
+  }
+  res.out = ReadFile(out_);
+  res.err = ReadFile(err_);
+  return res;
+}
+
+bool BackgroundProcess::WaitForStderr(const std::string& text, int timeout_ms) {
+  for (int t = 0; t < timeout_ms; t += 10) {
+    if (ReadFile(err_).find(text) != std::string::npos) return true;
+    usleep(10000);
+  }
+  return false;
+}
+
+std::string BackgroundProcess::Stderr() const { return ReadFile(err_); }
+
 std::string CvmstateBinary() { return CVMSTATE_BINARY; }
 
 std::string MakeTempDir() {

@@ -25,6 +25,24 @@ struct ProcessOptions {
 // timeout), and returns what it printed and how it ended.
 ProcessResult RunProcess(const std::vector<std::string>& argv, const ProcessOptions& opts = {});
 
+// A child running in the background, its output going to files.
+class BackgroundProcess {
+ public:
+  // Starts argv; stdout and stderr go to out_path and err_path.
+  BackgroundProcess(const std::vector<std::string>& argv, const std::string& out_path, const std::string& err_path);
+  ~BackgroundProcess();  // kills it if still running
+  // Waits for it to end (killing it with SIGKILL after timeout_seconds).
+  ProcessResult Wait(int timeout_seconds = 120);
+  void Kill(int sig);
+  // Polls err_path until it contains `text` or the timeout passes.
+  bool WaitForStderr(const std::string& text, int timeout_ms);
+  std::string Stderr() const;
+
+ private:
+  int pid_ = -1;
+  std::string out_, err_;
+};
+
 // The cvmstate binary under test and a fresh empty directory for a test.
 std::string CvmstateBinary();
 std::string MakeTempDir();

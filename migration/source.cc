@@ -1,0 +1,138 @@
+#include "cvmstate/chunk_codec.h"
+#include "cvmstate/state_digest.h"
+#include "frames.h"
+
+namespace cvmstate {
+
+using namespace migration_internal;
+namespace fbs = cvmstate::schema;
+
+MigrationSource::MigrationSource(VmState* vm, std::string vm_id, ByteSink* sink)
+    : vm_(vm), id_(std::move(vm_id)), sink_(sink) {}
+
+Status MigrationSource::Begin() {
+  flatbuffers::FlatBufferBuilder fb;
+  std::vector<flatbuffers::Offset<fbs::BlockDesc>> blocks;
+  uint64_t runs = 0;
+  for (size_t i = 0; i < vm_->num_blocks(); ++i) {
+    const BlockTracker& b = vm_->block(i);
+    blocks.push_back(fbs::CreateBlockDesc(fb, fb.CreateString(b.name()), b.size(), b.page_size(),
+                                          static_cast<uint8_t>(b.initial_state())));
+    runs += b.CountRuns();
+  }
+  auto hello = fbs::CreateHello(fb, kMagic, kFormatVersion, fb.CreateString(id_), fb.CreateVector(blocks), runs);
+  fbs::FinishFrameBuffer(fb, fbs::CreateFrame(fb, seq_++, fbs::Body::Hello, hello.Union()));
+  Status s = WriteFrame(sink_, fb, &bytes_);
+  if (!s.ok()) return s;
+  epoch_ = vm_->OpenEpoch();  // changes from here on belong to round 1
+  auto r = SendSections(/*full=*/true);
+  return r.ok() ? Status::OK() : r.status();
+}
+
+Result<RoundStats> MigrationSource::SendRound() { return SendSections(/*full=*/false); }
+
+Result<RoundStats> MigrationSource::SendSections(bool full) {
+  RoundStats st;
+  st.round = static_cast<uint32_t>(rounds_.size());
+  const uint64_t bytes0 = bytes_;
+  // Ranges to send per block: everything, or what changed since last round.
+  std::vector<std::vector<PageRange>> todo(vm_->num_blocks());
+  for (size_t i = 0; i < vm_->num_blocks(); ++i) {
+    const BlockTracker& b = vm_->block(i);
+    todo[i] = full ? std::vector<PageRange>{{0, b.size() >> b.page_shift()}} : b.journal().ChangedSince(epoch_);
+  }
+  epoch_ = vm_->OpenEpoch();
+  for (size_t i = 0; i < vm_->num_blocks(); ++i) {
+    const BlockTracker& b = vm_->block(i);
+    std::string raw;
+    uint32_t sections = 0, runs_in_frame = 0;
+    uint64_t prev_end = 0;
+    auto flush = [&]() -> Status {
+      if (sections == 0) return Status::OK();
+      std::string z;
+      Status s = ZstdCompress(raw, &z);
+      if (!s.ok()) return s;
+      flatbuffers::FlatBufferBuilder fb(z.size() + 128);
+      auto sec = fbs::CreateSections(fb, st.round, static_cast<uint32_t>(i), sections, runs_in_frame,
+                                     static_cast<uint32_t>(raw.size()),
+                                     fb.CreateVector(reinterpret_cast<const uint8_t*>(z.data()), z.size()));
+      fbs::FinishFrameBuffer(fb, fbs::CreateFrame(fb, seq_++, fbs::Body::Sections, sec.Union()));
+      s = WriteFrame(sink_, fb, &bytes_);
+      if (!s.ok()) return s;
+      ++st.frames;
+      st.sections += sections;
+      st.runs += runs_in_frame;
+      raw.clear();
+      sections = runs_in_frame = 0;
+      prev_end = 0;
+      return Status::OK();
+    };
+    std::vector<ChunkRun> runs;
+    for (const PageRange& r : todo[i]) {
+      uint64_t a = r.begin;
+      while (a < r.end) {
+        // A section: the runs of [a, z), at most kMaxSectionRuns of them.
+        runs.clear();
+        uint64_t z = a;
+        b.map().ForEachRun(a, r.end, [&](const Run& run) {
+          runs.push_back({run.end - run.begin, run.state});
+          z = run.end;
+          return runs.size() < kMaxSectionRuns;
+        });
+        PutVarint(&raw, a - prev_end);
+        PutVarint(&raw, z - a);
+        AppendRuns(runs, &raw);
+        ++sections;
+        runs_in_frame += static_cast<uint32_t>(runs.size());
+        prev_end = z;
+        a = z;
+        if (raw.size() > kMaxFrameRaw / 2 || runs_in_frame > 4 * kMaxSectionRuns) {
+          Status s = flush();
+          if (!s.ok()) return s;
+        }
+      }
+    }
+    Status s = flush();
+    if (!s.ok()) return s;
+  }
+  flatbuffers::FlatBufferBuilder fb;
+  auto end = fbs::CreateRoundEnd(fb, st.round, static_cast<uint32_t>(st.frames), st.runs);
+  fbs::FinishFrameBuffer(fb, fbs::CreateFrame(fb, seq_++, fbs::Body::RoundEnd, end.Union()));
+  Status s = WriteFrame(sink_, fb, &bytes_);
+  if (!s.ok()) return s;
+  st.bytes = bytes_ - bytes0;
+  rounds_.push_back(st);
+  return st;
+}
+
+Result<RoundStats> MigrationSource::Finish() {
+  auto last = SendSections(/*full=*/false);
+  if (!last.ok()) return last;
+  uint64_t runs = 0;
+  for (size_t i = 0; i < vm_->num_blocks(); ++i) runs += vm_->block(i).CountRuns();
+  flatbuffers::FlatBufferBuilder fb;
+  auto end = fbs::CreateEnd(fb, static_cast<uint32_t>(rounds_.size()), ComputeStateDigest(*vm_), runs);
+  fbs::FinishFrameBuffer(fb, fbs::CreateFrame(fb, seq_++, fbs::Body::End, end.Union()));
+  uint64_t before = bytes_;
+  Status s = WriteFrame(sink_, fb, &bytes_);
+  if (!s.ok()) return s;
+  rounds_.back().bytes += bytes_ - before;
+  return rounds_.back();
+}
+
+Status MigrationSource::AwaitAck(ByteSource* from) {
+  std::string body;
+  uint64_t ignored = 0;
+  Status s = ReadFrame(from, 1 << 16, 0, &body, &ignored);
+  if (!s.ok()) return Status::IOError("no acknowledgement from the destination: " + s.message());
+  const fbs::Frame* f = fbs::GetFrame(body.data());
+  const fbs::Ack* ack = f->body_as_Ack();
+  if (f->seq() != 0 || ack == nullptr) return Status::Corruption("the destination answered with something else than an acknowledgement");
+  if (!ack->ok()) {
+    return Status::Refused("the destination refused the migration: " +
+                           (ack->reason() ? ack->reason()->str() : std::string("no reason given")));
+  }
+  return Status::OK();
+}
+
+}  // namespace cvmstate

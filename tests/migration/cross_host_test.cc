@@ -1,0 +1,209 @@
+// Live migration between real processes over loopback TCP (and, where the
+// machine allows, between two network namespaces), with either side killed
+// at random moments, and recorded streams corrupted.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <random>
+
+#include "process.h"
+
+namespace cvmstate::testing {
+namespace {
+
+class CrossHostTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = MakeTempDir();
+    // A source store holding a realistic VM, and a live trace for it.
+    const std::string base = dir_ + "/base.trace";
+    ASSERT_EQ(Cvm({"gen", "--profile", "steady", "--size", "256G", "--ops", "20000", "--seed", "4"}, base).exit_code, 0);
+    ASSERT_EQ(Cvm({"replay", base, "--db", dir_ + "/src", "--vm", "g", "--quiet"}).exit_code, 0);
+    const std::string live = dir_ + "/live.trace";
+    ASSERT_EQ(Cvm({"gen", "--profile", "steady", "--size", "256G", "--ops", "10000", "--seed", "5"}, live).exit_code, 0);
+    std::string text = ReadFile(live), kept;
+    for (size_t pos = 0; pos < text.size();) {
+      size_t nl = text.find('\n', pos);
+      std::string line = text.substr(pos, nl - pos);
+      pos = nl + 1;
+      if (line.rfind("shared", 0) == 0 || line.rfind("private", 0) == 0 || line.rfind("discarded", 0) == 0) {
+        kept += line + "\n";
+      }
+    }
+    WriteFile(live, kept);
+    src_before_ = Dump(dir_ + "/src");
+    ASSERT_FALSE(src_before_.empty());
+  }
+  ProcessResult Cvm(std::vector<std::string> args, const std::string& stdout_path = "") {
+    args.insert(args.begin(), CvmstateBinary());
+    ProcessOptions o;
+    o.stdout_path = stdout_path;
+    ProcessResult r = RunProcess(args, o);
+    EXPECT_EQ(r.signal, 0);
+    return r;
+  }
+  std::string Dump(const std::string& db, const std::string& vm = "g") {
+    ProcessResult r = Cvm({"dump", "--db", db, "--vm", vm, "--format", "runs"});
+    return r.exit_code == 0 ? r.out : "";
+  }
+  std::string Port(BackgroundProcess& recv) {
+    EXPECT_TRUE(recv.WaitForStderr("listening on ", 10000)) << recv.Stderr();
+    std::string err = recv.Stderr();
+    size_t at = err.find("listening on ") + 13;
+    return err.substr(at, err.find('\n', at) - at);
+  }
+  std::string dir_, src_before_;
+};
+
+TEST_F(CrossHostTest, LiveMigrationOverLoopbackTcp) {
+  BackgroundProcess recv({CvmstateBinary(), "migrate", "recv", "--listen", "127.0.0.1:0", "--db", dir_ + "/dst"},
+                         dir_ + "/recv.out", dir_ + "/recv.err");
+  const std::string port = Port(recv);
+  ProcessResult send = Cvm({"migrate", "send", "--db", dir_ + "/src", "--vm", "g", "--to", port, "--trace",
+                            dir_ + "/live.trace", "--rounds", "4"});
+  ProcessResult r = recv.Wait();
+  ASSERT_EQ(send.exit_code, 0) << send.err;
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "ready\n");
+  EXPECT_NE(r.err.find("downtime"), std::string::npos);
+  EXPECT_NE(send.err.find("round 4 (stop-and-copy)"), std::string::npos) << send.err;
+  const std::string src_after = Dump(dir_ + "/src"), dst = Dump(dir_ + "/dst");
+  EXPECT_EQ(dst, src_after) << "destination differs from source";
+  EXPECT_NE(src_after, src_before_) << "the live trace changed nothing";
+  // A second migration of the same id into the same store is refused.
+  BackgroundProcess again({CvmstateBinary(), "migrate", "recv", "--listen", "127.0.0.1:0", "--db", dir_ + "/dst"},
+                          dir_ + "/again.out", dir_ + "/again.err");
+  ProcessResult send2 = Cvm({"migrate", "send", "--db", dir_ + "/src", "--vm", "g", "--to", Port(again)});
+  ProcessResult r2 = again.Wait();
+  EXPECT_EQ(r2.exit_code, 1);
+  EXPECT_NE(r2.err.find("already exists"), std::string::npos) << r2.err;
+  EXPECT_EQ(send2.exit_code, 1);
+  EXPECT_NE(send2.err.find("refused"), std::string::npos) << send2.err;
+  EXPECT_EQ(Dump(dir_ + "/src"), src_after) << "a failed send changed the source store";
+  EXPECT_EQ(Dump(dir_ + "/dst"), dst);
+}
+
+TEST_F(CrossHostTest, EitherSideKilledLeavesNoPartialVm) {
+  std::mt19937_64 rng(21);
+  for (int round = 0; round < 6; ++round) {
+    const std::string dst = dir_ + "/dst" + std::to_string(round);
+    BackgroundProcess recv({CvmstateBinary(), "migrate", "recv", "--listen", "127.0.0.1:0", "--db", dst, "--timeout",
+                            "3"},
+                           dir_ + "/r.out", dir_ + "/r.err");
+    const std::string port = Port(recv);
+    BackgroundProcess send({CvmstateBinary(), "migrate", "send", "--db", dir_ + "/src", "--vm", "g", "--to", port,
+                            "--trace", dir_ + "/live.trace", "--rounds", "3"},
+                           dir_ + "/s.out", dir_ + "/s.err");
+    usleep(static_cast<useconds_t>(rng() % 40000));
+    const bool kill_source = round % 2 == 0;
+    (kill_source ? send : recv).Kill(SIGKILL);
+    ProcessResult s = send.Wait(), r = recv.Wait();
+    // The survivor ends by itself with an error, never a signal of its own.
+    if (kill_source) {
+      EXPECT_NE(r.signal, SIGSEGV);
+      EXPECT_TRUE(r.signal == 0) << r.err;
+    } else {
+      EXPECT_TRUE(s.signal == 0) << s.err;
+    }
+    const bool source_done = s.signal == 0 && s.exit_code == 0;
+    if (!source_done) {
+      EXPECT_EQ(Dump(dir_ + "/src"), src_before_) << "round " << round << ": the source store changed";
+    }
+    // The destination holds the whole VM or none of it.
+    ProcessResult list = Cvm({"dump", "--db", dst, "--vm", "g", "--format", "runs"});
+    if (list.exit_code == 0) {
+      EXPECT_EQ(list.out, Dump(dir_ + "/src")) << "round " << round;
+    } else {
+      EXPECT_TRUE(list.err.find("no checkpoint") != std::string::npos ||
+                  list.err.find("cannot open store") != std::string::npos)
+          << list.err;
+    }
+    if (source_done) {
+      // The migration went through before the kill: restore the source.
+      src_before_ = Dump(dir_ + "/src");
+    }
+  }
+}
+
+TEST_F(CrossHostTest, CorruptedRecordedStreamsAreRefused) {
+  const std::string stream = dir_ + "/g.stream";
+  ProcessResult s = Cvm({"migrate", "send", "--db", dir_ + "/src", "--vm", "g", "--to-file", stream, "--trace",
+                         dir_ + "/live.trace"});
+  ASSERT_EQ(s.exit_code, 0) << s.err;
+  const std::string good = ReadFile(stream);
+  ProcessResult dump = Cvm({"dump", "--stream", stream, "--format", "runs"});
+  EXPECT_EQ(dump.out, Dump(dir_ + "/src"));
+  std::mt19937_64 rng(3);
+  for (int i = 0; i < 12; ++i) {
+    std::string bad = good;
+    if (i % 3 == 2) {
+      bad.resize(rng() % bad.size());
+    } else {
+      const size_t at = rng() % bad.size();
+      bad[at] = static_cast<char>(bad[at] ^ (1 << (rng() % 8)));
+    }
+    WriteFile(dir_ + "/bad.stream", bad);
+    ProcessResult r = Cvm({"migrate", "recv", "--from-file", dir_ + "/bad.stream", "--db", dir_ + "/dst"});
+    EXPECT_EQ(r.exit_code, 1);
+    EXPECT_EQ(r.out, "");
+    EXPECT_NE(r.err.find("migration failed: "), std::string::npos) << r.err;
+    EXPECT_EQ(Dump(dir_ + "/dst"), "") << "a corrupted stream left a VM behind";
+  }
+  WriteFile(dir_ + "/tail.stream", good + "x");
+  EXPECT_EQ(Cvm({"migrate", "recv", "--from-file", dir_ + "/tail.stream", "--db", dir_ + "/dst"}).exit_code, 1);
+  ProcessResult ok = Cvm({"migrate", "recv", "--from-file", stream, "--db", dir_ + "/dst", "--vm", "copy"});
+  ASSERT_EQ(ok.exit_code, 0) << ok.err;
+  EXPECT_EQ(ok.out, "ready\n");
+  EXPECT_EQ(Dump(dir_ + "/dst", "copy"), Dump(dir_ + "/src"));
+}
+
+TEST_F(CrossHostTest, SilentSenderTimesOut) {
+  BackgroundProcess recv({CvmstateBinary(), "migrate", "recv", "--listen", "127.0.0.1:0", "--db", dir_ + "/dst",
+                          "--timeout", "1"},
+                         dir_ + "/r.out", dir_ + "/r.err");
+  Port(recv);
+  ProcessResult r = recv.Wait(20);  // nobody connects
+  EXPECT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("timed out"), std::string::npos) << r.err;
+}
+
+// Two hosts: network namespaces joined by a veth pair.
+TEST_F(CrossHostTest, BetweenNetworkNamespaces) {
+  if (geteuid() != 0 || system("ip -V >/dev/null 2>&1") != 0) GTEST_SKIP() << "needs root and iproute2";
+  const std::string a = "cvmA" + std::to_string(getpid()), b = "cvmB" + std::to_string(getpid());
+  auto sh = [](const std::string& c) { return system((c + " >/dev/null 2>&1").c_str()); };
+  if (sh("ip netns add " + a) != 0) GTEST_SKIP() << "cannot create network namespaces here";
+  sh("ip netns add " + b);
+  bool ok = sh("ip link add va" + std::to_string(getpid() % 10000) + " type veth peer name vb" +
+               std::to_string(getpid() % 10000)) == 0;
+  const std::string va = "va" + std::to_string(getpid() % 10000), vb = "vb" + std::to_string(getpid() % 10000);
+  ok = ok && sh("ip link set " + va + " netns " + a) == 0 && sh("ip link set " + vb + " netns " + b) == 0 &&
+       sh("ip -n " + a + " addr add 192.0.2.1/24 dev " + va) == 0 &&
+       sh("ip -n " + b + " addr add 192.0.2.2/24 dev " + vb) == 0 && sh("ip -n " + a + " link set " + va + " up") == 0 &&
+       sh("ip -n " + b + " link set " + vb + " up") == 0 && sh("ip -n " + a + " link set lo up") == 0 &&
+       sh("ip -n " + b + " link set lo up") == 0;
+  if (!ok) {
+    sh("ip netns del " + a);
+    sh("ip netns del " + b);
+    GTEST_SKIP() << "cannot set up a veth pair between namespaces here";
+  }
+  BackgroundProcess recv({"/usr/bin/ip", "netns", "exec", b, CvmstateBinary(), "migrate", "recv", "--listen",
+                          "192.0.2.2:7411", "--db", dir_ + "/dst"},
+                         dir_ + "/ns.out", dir_ + "/ns.err");
+  ASSERT_TRUE(recv.WaitForStderr("listening on", 10000)) << recv.Stderr();
+  BackgroundProcess send({"/usr/bin/ip", "netns", "exec", a, CvmstateBinary(), "migrate", "send", "--db",
+                          dir_ + "/src", "--vm", "g", "--to", "192.0.2.2:7411", "--trace", dir_ + "/live.trace"},
+                         dir_ + "/nss.out", dir_ + "/nss.err");
+  ProcessResult s = send.Wait(), r = recv.Wait();
+  sh("ip netns del " + a);
+  sh("ip netns del " + b);
+  ASSERT_EQ(s.exit_code, 0) << s.err;
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "ready\n");
+  EXPECT_EQ(Dump(dir_ + "/dst"), Dump(dir_ + "/src"));
+}
+
+}  // namespace
+}  // namespace cvmstate::testing
