@@ -7,6 +7,7 @@ packages=(
   libcli11-dev libgtest-dev libbenchmark-dev
   librocksdb-dev libzstd-dev libflatbuffers-dev flatbuffers-compiler flatbuffers-compiler-dev
   libroaring-dev libboost-dev
+  librsvg2-bin iproute2
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -244,6 +244,7 @@ Result<VmState> CheckpointStore::Load(const std::string& id, CheckpointInfo* inf
   it->Seek(prefix);
   uint64_t records = 0;
   std::vector<ChunkRun> runs;
+  std::string record;
   for (uint32_t bi = 0; bi < m->blocks()->size(); ++bi) {
     const fbs::BlockManifest* bm = m->blocks()->Get(bi);
     if (bm->name() == nullptr) return Status::Corruption(where + ": block " + std::to_string(bi) + " has no name");
@@ -290,8 +291,10 @@ Result<VmState> CheckpointStore::Load(const std::string& id, CheckpointInfo* inf
           return Status::Corruption(cwhere + ": record missing");
         }
         if (it->key().ToString() != want) return Status::Corruption(cwhere + ": record missing or out of place");
-        const rocksdb::Slice v = it->value();
-        if (v.size() > kMaxRecordBytes) return Status::Corruption(cwhere + ": record too large");
+        if (it->value().size() > kMaxRecordBytes) return Status::Corruption(cwhere + ": record too large");
+        // FlatBuffers needs aligned data; an iterator's slice may not be.
+        record = it->value().ToString();
+        const std::string& v = record;
         auto* rb = reinterpret_cast<const uint8_t*>(v.data());
         flatbuffers::Verifier rv(rb, v.size(), 16, 64);
         if (!fbs::ChunkRecordBufferHasIdentifier(rb) || !fbs::VerifyChunkRecordBuffer(rv)) {

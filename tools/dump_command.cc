@@ -17,6 +17,7 @@
 #include "cvmstate/migration.h"
 #include "cvmstate/state_digest.h"
 #include "output.h"
+#include "svg_map.h"
 
 namespace cvmstate::tools {
 namespace {
@@ -185,6 +186,8 @@ int Print(const DumpOptions& o, const VmState& vm, const CheckpointInfo& info) {
         return true;
       });
     }
+  } else if (o.format == "svg") {
+    RenderSvgMap(vm, "cvmstate memory map of VM " + info.vm, out.buffer());
   } else if (o.format == "json") {
     Json(vm, info, out.buffer());
   } else {
@@ -210,8 +213,8 @@ void AddDumpCommand(CLI::App& app, int* exit_code) {
   CLI::Option* stream = sub->add_option("--stream", o->stream, "A recorded migration stream (migrate send --to-file)");
   db->excludes(stream);
   sub->add_option("--vm", o->vm, "VM id; may be omitted when the store holds one VM");
-  sub->add_option("--format", o->format, "summary (default, for people), runs (canonical listing), json")
-      ->check(CLI::IsMember({"summary", "runs", "json"}));
+  sub->add_option("--format", o->format, "summary (default, for people), runs (canonical listing), json, svg (memory map)")
+      ->check(CLI::IsMember({"summary", "runs", "json", "svg"}));
   sub->add_option("--out", o->out, "Write to FILE instead of standard output");
   sub->callback([o, exit_code, db, stream] {
     if (db->count() + stream->count() != 1) {

@@ -71,3 +71,48 @@ TEST_F(StoreCliTest, InvalidLinesNeverReachTheStore) {
 
 }  // namespace
 }  // namespace cvmstate::testing
+
+namespace cvmstate::testing {
+namespace {
+
+// The memory map: well-formed SVG with the three colours, a legend and
+// ticks, and it draws (rsvg-convert, when installed).
+TEST_F(StoreCliTest, SvgMemoryMapIsWellFormedAndDraws) {
+  struct Case {
+    const char* name;
+    std::string trace;
+  };
+  const std::string big = dir_ + "/big.trace";
+  ASSERT_EQ(Cvm({"gen", "--profile", "steady", "--size", "1T", "--ops", "50000"}, big).exit_code, 0);
+  WriteFile(dir_ + "/small.trace", "block tiny 4M\nshared tiny 0x1000 0x1000\ndiscarded tiny 0x200000 0x1000\n");
+  for (const char* name : {"big", "small"}) {
+    const std::string db = dir_ + "/" + name + ".db", svg = dir_ + "/" + name + ".svg";
+    ASSERT_EQ(Cvm({"replay", dir_ + "/" + name + ".trace", "--db", db, "--vm", "v", "--quiet"}).exit_code, 0);
+    ProcessResult r = Cvm({"dump", "--db", db, "--format", "svg", "--out", svg});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    const std::string text = ReadFile(svg);
+    ASSERT_EQ(text.rfind("<?xml", 0), 0u);
+    EXPECT_NE(text.find("<svg xmlns=\"http://www.w3.org/2000/svg\""), std::string::npos);
+    EXPECT_EQ(text.substr(text.size() - 7), "</svg>\n");
+    // Balanced groups, every element closed.
+    size_t open_g = 0, close_g = 0;
+    for (size_t p = 0; (p = text.find("<g>", p)) != std::string::npos; ++p) ++open_g;
+    for (size_t p = 0; (p = text.find("</g>", p)) != std::string::npos; ++p) ++close_g;
+    EXPECT_EQ(open_g, close_g);
+    EXPECT_GT(open_g, 0u);
+    for (const char* colour : {"#e8590c", "#1c7ed6", "#ced4da"}) EXPECT_NE(text.find(colour), std::string::npos) << colour;
+    EXPECT_NE(text.find(">shared</text>"), std::string::npos);
+    // The single shared page of 4 MiB and the ones in 1 TiB stay visible:
+    // at least one shared rectangle per block that has shared pages.
+    EXPECT_NE(text.find("fill=\"#e8590c\"/>"), std::string::npos);
+    if (system("command -v rsvg-convert >/dev/null 2>&1") == 0) {
+      const std::string png = dir_ + "/" + name + ".png";
+      ASSERT_EQ(system(("rsvg-convert -o " + png + " " + svg).c_str()), 0) << "rsvg-convert failed on " << name;
+      EXPECT_EQ(ReadFile(png).substr(1, 3), "PNG");
+    }
+  }
+  EXPECT_GT(ReadFile(dir_ + "/big.svg").size(), ReadFile(dir_ + "/small.svg").size());
+}
+
+}  // namespace
+}  // namespace cvmstate::testing
