@@ -7,7 +7,7 @@ packages=(
   libcli11-dev libgtest-dev libbenchmark-dev
   librocksdb-dev libzstd-dev libflatbuffers-dev flatbuffers-compiler flatbuffers-compiler-dev
   libroaring-dev libboost-dev
-  librsvg2-bin iproute2
+  libssl-dev librsvg2-bin iproute2 clang libclang-rt-14-dev
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -1,6 +1,7 @@
 #include "cvmstate/chunk_codec.h"
 #include "cvmstate/checkpoint_store.h"
 #include "cvmstate/state_digest.h"
+#include "auth.h"
 #include "frames.h"
 
 namespace cvmstate {
@@ -10,33 +11,67 @@ namespace fbs = cvmstate::schema;
 
 MigrationDestination::MigrationDestination(Options options) : opt_(std::move(options)) {}
 
+Status MigrationDestination::SendChallenge(ByteSink* out, std::string_view nonce) {
+  flatbuffers::FlatBufferBuilder fb;
+  auto c = fbs::CreateChallenge(fb, fb.CreateVector(reinterpret_cast<const uint8_t*>(nonce.data()), nonce.size()));
+  fbs::FinishFrameBuffer(fb, fbs::CreateFrame(fb, 0, fbs::Body::Challenge, c.Union()));
+  uint64_t bytes = 0;
+  return WriteFrame(out, fb, 0, std::string(), &bytes);
+}
+
 Status MigrationDestination::SendAck(ByteSink* out, bool ok, const std::string& reason) {
   flatbuffers::FlatBufferBuilder fb;
   auto ack = fbs::CreateAck(fb, ok, fb.CreateString(reason.substr(0, 4096)));
-  fbs::FinishFrameBuffer(fb, fbs::CreateFrame(fb, 0, fbs::Body::Ack, ack.Union()));
+  fbs::FinishFrameBuffer(fb, fbs::CreateFrame(fb, 1, fbs::Body::Ack, ack.Union()));
   uint64_t bytes = 0;
-  return WriteFrame(out, fb, &bytes);
+  return WriteFrame(out, fb, 1, ack_key_, &bytes);
 }
 
 Result<VmState> MigrationDestination::Receive(ByteSource* in, std::string* vm_id) {
-  std::string body;
+  RawFrame raw_frame;
+  std::string& body = raw_frame.body;
   uint64_t seq = 0;
   auto where = [&seq](const char* type) { return "frame " + std::to_string(seq) + " (" + type + "): "; };
 
-  // The hello.
-  Status s = ReadFrame(in, opt_.max_frame_bytes, seq, &body, &bytes_);
+  // The answer to the challenge: small, and checked before anything large
+  // is read or allocated.
+  Status s = ReadFrame(in, 4096, seq, &raw_frame, &bytes_);
   if (!s.ok()) return s;
   const fbs::Frame* f = fbs::GetFrame(body.data());
+  const fbs::Challenge* challenge = f->body_as_Challenge();
+  if (f->seq() != 0 || challenge == nullptr || challenge->nonce() == nullptr || challenge->nonce()->size() != kNonceBytes) {
+    return Status::Corruption("frame 0: the stream does not open with the answer to a challenge");
+  }
+  const std::string nonce(reinterpret_cast<const char*>(challenge->nonce()->data()), challenge->nonce()->size());
+  if (!opt_.expected_nonce.empty() && !ConstantTimeEqual(nonce, opt_.expected_nonce)) {
+    return Status::Refused("frame 0: the stream answers another challenge (a replayed or misdirected stream)");
+  }
+  std::string recv_key;
+  if (!opt_.key.empty()) {
+    SessionKeys k = DeriveSessionKeys(opt_.key, nonce);
+    recv_key = std::move(k.source_to_destination);
+    ack_key_ = std::move(k.destination_to_source);
+  }
+  s = CheckMac(raw_frame, recv_key, seq, opt_.ignore_macs);
+  if (!s.ok()) return s;
+  ++seq;
+
+  // The hello.
+  s = ReadFrame(in, std::min<size_t>(opt_.max_frame_bytes, 1 << 20), seq, &raw_frame, &bytes_);
+  if (!s.ok()) return s;
+  s = CheckMac(raw_frame, recv_key, seq, opt_.ignore_macs);
+  if (!s.ok()) return s;
+  f = fbs::GetFrame(body.data());
   const fbs::Hello* hello = f->body_as_Hello();
-  if (hello == nullptr) return Status::Corruption("frame 0: the stream does not start with a hello");
-  if (f->seq() != 0) return Status::Corruption("frame 0: sequence " + std::to_string(f->seq()) + ", expected 0");
-  if (hello->magic() != kMagic) return Status::Corruption("frame 0: not a cvmstate migration stream (bad magic)");
+  if (hello == nullptr) return Status::Corruption("frame 1: no hello after the challenge");
+  if (f->seq() != seq) return Status::Corruption("frame 1: sequence " + std::to_string(f->seq()) + ", expected 1");
+  if (hello->magic() != kMagic) return Status::Corruption("frame 1: not a cvmstate migration stream (bad magic)");
   if (hello->format_version() != kFormatVersion) {
-    return Status::Corruption("frame 0: stream format version " + std::to_string(hello->format_version()) +
+    return Status::Corruption("frame 1: stream format version " + std::to_string(hello->format_version()) +
                               ", this cvmstate reads version " + std::to_string(kFormatVersion));
   }
   if (hello->vm() == nullptr || !CheckpointStore::IsValidVmId(hello->vm()->str())) {
-    return Status::Corruption("frame 0: invalid VM id");
+    return Status::Corruption("frame 1: invalid VM id");
   }
   *vm_id = hello->vm()->str();
   if (opt_.accept_vm) {
@@ -44,17 +79,17 @@ Result<VmState> MigrationDestination::Receive(ByteSource* in, std::string* vm_id
     if (!s.ok()) return s;
   }
   if (hello->blocks() == nullptr || hello->blocks()->size() == 0 || hello->blocks()->size() > opt_.max_blocks) {
-    return Status::Corruption("frame 0: bad block list");
+    return Status::Corruption("frame 1: bad block list");
   }
   VmState vm;
   uint64_t guest = 0;
   for (const fbs::BlockDesc* d : *hello->blocks()) {
-    if (d->name() == nullptr || !IsValidPageStateValue(d->initial())) return Status::Corruption("frame 0: bad block");
+    if (d->name() == nullptr || !IsValidPageStateValue(d->initial())) return Status::Corruption("frame 1: bad block");
     s = vm.AddBlock(d->name()->str(), d->size(), d->page_size(), static_cast<PageState>(d->initial()));
-    if (!s.ok()) return Status::Corruption("frame 0: " + s.message());
+    if (!s.ok()) return Status::Corruption("frame 1: " + s.message());
     guest += d->size();
     if (guest > opt_.max_guest_bytes || guest < d->size()) {
-      return Status::Refused("frame 0: the guest is larger than this destination accepts");
+      return Status::Refused("frame 1: the guest is larger than this destination accepts");
     }
   }
   ++seq;
@@ -68,7 +103,9 @@ Result<VmState> MigrationDestination::Receive(ByteSource* in, std::string* vm_id
   RoundStats cur;
   for (;;) {
     const uint64_t bytes_before = bytes_;
-    s = ReadFrame(in, opt_.max_frame_bytes, seq, &body, &bytes_);
+    s = ReadFrame(in, opt_.max_frame_bytes, seq, &raw_frame, &bytes_);
+    if (!s.ok()) return s;
+    s = CheckMac(raw_frame, recv_key, seq, opt_.ignore_macs);
     if (!s.ok()) return s;
     cur.bytes += bytes_ - bytes_before;
     f = fbs::GetFrame(body.data());

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <string>
 
+#include "auth.h"
 #include "cvmstate/migration.h"
 #include "cvmstate/schema/migration_generated.h"
 
@@ -25,36 +26,69 @@ inline uint32_t GetU32(const unsigned char* p) {
   return uint32_t{p[0]} | uint32_t{p[1]} << 8 | uint32_t{p[2]} << 16 | uint32_t{p[3]} << 24;
 }
 
-// Writes one finished Frame buffer with its header; adds to *bytes.
-inline Status WriteFrame(ByteSink* sink, const flatbuffers::FlatBufferBuilder& fb, uint64_t* bytes) {
-  std::string out(kHeaderBytes + fb.GetSize(), '\0');
-  PutU32(out.data(), static_cast<uint32_t>(fb.GetSize()));
-  PutU32(out.data() + 4, Crc32c(fb.GetBufferPointer(), fb.GetSize()));
-  std::memcpy(out.data() + kHeaderBytes, fb.GetBufferPointer(), fb.GetSize());
+constexpr uint32_t kKeyedBit = 0x8000'0000u;
+
+// Writes one finished Frame buffer with its header, and its MAC when key is
+// not empty; adds the bytes written to *bytes.
+inline Status WriteFrame(ByteSink* sink, const flatbuffers::FlatBufferBuilder& fb, uint64_t seq, const std::string& key,
+                         uint64_t* bytes) {
+  const std::string_view body(reinterpret_cast<const char*>(fb.GetBufferPointer()), fb.GetSize());
+  const std::string mac = key.empty() ? std::string() : FrameMac(key, seq, body);
+  std::string out(kHeaderBytes, '\0');
+  PutU32(out.data(), static_cast<uint32_t>(body.size()) | (key.empty() ? 0 : kKeyedBit));
+  PutU32(out.data() + 4, Crc32c(body.data(), body.size()));
+  out += mac;
+  out += body;
   *bytes += out.size();
   return sink->Write(out);
 }
 
-// Reads one frame: length checked against max before anything is
-// allocated, then the body, its CRC, the verifier and the identifier.
-inline Status ReadFrame(ByteSource* in, size_t max, uint64_t index, std::string* body, uint64_t* bytes) {
+struct RawFrame {
+  std::string body;
+  std::string mac;  // empty when the frame is not authenticated
+};
+
+// Reads one frame: the length is checked against max before anything is
+// allocated, then the body, its CRC, the verifier and the identifier. The
+// MAC, if any, is returned for the caller to check.
+inline Status ReadFrame(ByteSource* in, size_t max, uint64_t index, RawFrame* f, uint64_t* bytes) {
   unsigned char h[kHeaderBytes];
   Status s = in->Read(h, sizeof h);
   if (!s.ok()) return Status::IOError("frame " + std::to_string(index) + ": " + s.message());
-  const uint32_t len = GetU32(h), crc = GetU32(h + 4);
+  const bool keyed = GetU32(h) & kKeyedBit;
+  const uint32_t len = GetU32(h) & ~kKeyedBit, crc = GetU32(h + 4);
   if (len < 8 || len > max) {
     return Status::Corruption("frame " + std::to_string(index) + ": length " + std::to_string(len) +
                               " is outside [8, " + std::to_string(max) + "]");
   }
-  body->resize(len);
-  s = in->Read(body->data(), len);
+  f->mac.assign(keyed ? kMacBytes : 0, '\0');
+  if (keyed) {
+    s = in->Read(f->mac.data(), kMacBytes);
+    if (!s.ok()) return Status::IOError("frame " + std::to_string(index) + ": " + s.message());
+  }
+  f->body.resize(len);
+  s = in->Read(f->body.data(), len);
   if (!s.ok()) return Status::IOError("frame " + std::to_string(index) + ": " + s.message());
-  *bytes += kHeaderBytes + len;
-  if (Crc32c(body->data(), len) != crc) return Status::Corruption("frame " + std::to_string(index) + ": checksum mismatch");
-  auto* p = reinterpret_cast<const uint8_t*>(body->data());
+  *bytes += kHeaderBytes + f->mac.size() + len;
+  if (Crc32c(f->body.data(), len) != crc) return Status::Corruption("frame " + std::to_string(index) + ": checksum mismatch");
+  auto* p = reinterpret_cast<const uint8_t*>(f->body.data());
   flatbuffers::Verifier v(p, len, 16, 1024);
   if (!schema::FrameBufferHasIdentifier(p) || !schema::VerifyFrameBuffer(v)) {
     return Status::Corruption("frame " + std::to_string(index) + ": fails verification");
+  }
+  return Status::OK();
+}
+
+// Checks a frame's MAC against key (empty key: the frame must carry none,
+// unless ignore_macs).
+inline Status CheckMac(const RawFrame& f, const std::string& key, uint64_t seq, bool ignore_macs) {
+  if (key.empty()) {
+    if (f.mac.empty() || ignore_macs) return Status::OK();
+    return Status::Refused("the stream is authenticated: give this side the --psk-file it was sent with");
+  }
+  if (f.mac.empty()) return Status::Refused("the peer does not authenticate its frames (no --psk-file on its side?)");
+  if (!ConstantTimeEqual(f.mac, FrameMac(key, seq, f.body))) {
+    return Status::Refused("frame " + std::to_string(seq) + ": authentication failed (wrong key, or an altered or replayed stream)");
   }
   return Status::OK();
 }

@@ -1,5 +1,6 @@
 #include "cvmstate/chunk_codec.h"
 #include "cvmstate/state_digest.h"
+#include "auth.h"
 #include "frames.h"
 
 namespace cvmstate {
@@ -10,7 +11,35 @@ namespace fbs = cvmstate::schema;
 MigrationSource::MigrationSource(VmState* vm, std::string vm_id, ByteSink* sink)
     : vm_(vm), id_(std::move(vm_id)), sink_(sink) {}
 
-Status MigrationSource::Begin() {
+Result<std::string> MigrationSource::ReadChallenge(ByteSource* from) {
+  RawFrame f;
+  uint64_t ignored = 0;
+  Status s = ReadFrame(from, 1 << 12, 0, &f, &ignored);
+  if (!s.ok()) return Status::IOError("no challenge from the destination: " + s.message());
+  const fbs::Frame* frame = fbs::GetFrame(f.body.data());
+  const fbs::Challenge* c = frame->body_as_Challenge();
+  if (frame->seq() != 0 || c == nullptr || c->nonce() == nullptr || c->nonce()->size() != kNonceBytes) {
+    return Status::Corruption("the destination did not open with a challenge");
+  }
+  return std::string(reinterpret_cast<const char*>(c->nonce()->data()), c->nonce()->size());
+}
+
+Result<std::string> MigrationSource::NewNonce() { return RandomNonce(); }
+
+Status MigrationSource::Begin(std::string_view nonce) {
+  if (nonce.size() != kNonceBytes) return Status::InvalidArgument("a nonce has 32 bytes");
+  if (!key_.empty()) {
+    SessionKeys k = DeriveSessionKeys(key_, nonce);
+    send_key_ = std::move(k.source_to_destination);
+    ack_key_ = std::move(k.destination_to_source);
+  }
+  {
+    flatbuffers::FlatBufferBuilder fb;
+    auto c = fbs::CreateChallenge(fb, fb.CreateVector(reinterpret_cast<const uint8_t*>(nonce.data()), nonce.size()));
+    fbs::FinishFrameBuffer(fb, fbs::CreateFrame(fb, seq_, fbs::Body::Challenge, c.Union()));
+    Status s = WriteFrame(sink_, fb, seq_++, send_key_, &bytes_);
+    if (!s.ok()) return s;
+  }
   flatbuffers::FlatBufferBuilder fb;
   std::vector<flatbuffers::Offset<fbs::BlockDesc>> blocks;
   uint64_t runs = 0;
@@ -21,8 +50,8 @@ Status MigrationSource::Begin() {
     runs += b.CountRuns();
   }
   auto hello = fbs::CreateHello(fb, kMagic, kFormatVersion, fb.CreateString(id_), fb.CreateVector(blocks), runs);
-  fbs::FinishFrameBuffer(fb, fbs::CreateFrame(fb, seq_++, fbs::Body::Hello, hello.Union()));
-  Status s = WriteFrame(sink_, fb, &bytes_);
+  fbs::FinishFrameBuffer(fb, fbs::CreateFrame(fb, seq_, fbs::Body::Hello, hello.Union()));
+  Status s = WriteFrame(sink_, fb, seq_++, send_key_, &bytes_);
   if (!s.ok()) return s;
   epoch_ = vm_->OpenEpoch();  // changes from here on belong to round 1
   auto r = SendSections(/*full=*/true);
@@ -56,8 +85,8 @@ Result<RoundStats> MigrationSource::SendSections(bool full) {
       auto sec = fbs::CreateSections(fb, st.round, static_cast<uint32_t>(i), sections, runs_in_frame,
                                      static_cast<uint32_t>(raw.size()),
                                      fb.CreateVector(reinterpret_cast<const uint8_t*>(z.data()), z.size()));
-      fbs::FinishFrameBuffer(fb, fbs::CreateFrame(fb, seq_++, fbs::Body::Sections, sec.Union()));
-      s = WriteFrame(sink_, fb, &bytes_);
+      fbs::FinishFrameBuffer(fb, fbs::CreateFrame(fb, seq_, fbs::Body::Sections, sec.Union()));
+      s = WriteFrame(sink_, fb, seq_++, send_key_, &bytes_);
       if (!s.ok()) return s;
       ++st.frames;
       st.sections += sections;
@@ -97,8 +126,8 @@ Result<RoundStats> MigrationSource::SendSections(bool full) {
   }
   flatbuffers::FlatBufferBuilder fb;
   auto end = fbs::CreateRoundEnd(fb, st.round, static_cast<uint32_t>(st.frames), st.runs);
-  fbs::FinishFrameBuffer(fb, fbs::CreateFrame(fb, seq_++, fbs::Body::RoundEnd, end.Union()));
-  Status s = WriteFrame(sink_, fb, &bytes_);
+  fbs::FinishFrameBuffer(fb, fbs::CreateFrame(fb, seq_, fbs::Body::RoundEnd, end.Union()));
+  Status s = WriteFrame(sink_, fb, seq_++, send_key_, &bytes_);
   if (!s.ok()) return s;
   st.bytes = bytes_ - bytes0;
   rounds_.push_back(st);
@@ -112,26 +141,29 @@ Result<RoundStats> MigrationSource::Finish() {
   for (size_t i = 0; i < vm_->num_blocks(); ++i) runs += vm_->block(i).CountRuns();
   flatbuffers::FlatBufferBuilder fb;
   auto end = fbs::CreateEnd(fb, static_cast<uint32_t>(rounds_.size()), ComputeStateDigest(*vm_), runs);
-  fbs::FinishFrameBuffer(fb, fbs::CreateFrame(fb, seq_++, fbs::Body::End, end.Union()));
+  fbs::FinishFrameBuffer(fb, fbs::CreateFrame(fb, seq_, fbs::Body::End, end.Union()));
   uint64_t before = bytes_;
-  Status s = WriteFrame(sink_, fb, &bytes_);
+  Status s = WriteFrame(sink_, fb, seq_++, send_key_, &bytes_);
   if (!s.ok()) return s;
   rounds_.back().bytes += bytes_ - before;
   return rounds_.back();
 }
 
 Status MigrationSource::AwaitAck(ByteSource* from) {
-  std::string body;
+  RawFrame f;
   uint64_t ignored = 0;
-  Status s = ReadFrame(from, 1 << 16, 0, &body, &ignored);
+  Status s = ReadFrame(from, 1 << 16, 1, &f, &ignored);
   if (!s.ok()) return Status::IOError("no acknowledgement from the destination: " + s.message());
-  const fbs::Frame* f = fbs::GetFrame(body.data());
-  const fbs::Ack* ack = f->body_as_Ack();
-  if (f->seq() != 0 || ack == nullptr) return Status::Corruption("the destination answered with something else than an acknowledgement");
-  if (!ack->ok()) {
-    return Status::Refused("the destination refused the migration: " +
-                           (ack->reason() ? ack->reason()->str() : std::string("no reason given")));
+  const fbs::Frame* frame = fbs::GetFrame(f.body.data());
+  const fbs::Ack* ack = frame->body_as_Ack();
+  if (frame->seq() != 1 || ack == nullptr) {
+    return Status::Corruption("the destination answered with something else than an acknowledgement");
   }
+  const std::string reason = ack->reason() ? ack->reason()->str() : std::string("no reason given");
+  // A refusal needs no proof (failing is safe); "ready" must be authentic.
+  if (!ack->ok()) return Status::Refused("the destination refused the migration: " + reason);
+  s = CheckMac(f, ack_key_, 1, false);
+  if (!s.ok()) return Status::Refused("the acknowledgement is not authentic: " + s.message());
   return Status::OK();
 }
 

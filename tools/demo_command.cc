@@ -266,7 +266,9 @@ int RunDemo(const DemoOptions& o) {
   if (!fd.ok()) return Fail(fd.status().message());
   FdSink sink(fd.value());
   MigrationSource src(&vm, "guest1", &sink);
-  s = src.Begin();
+  FdSource challenge(fd.value(), 30);
+  auto nonce = MigrationSource::ReadChallenge(&challenge);
+  s = nonce.ok() ? src.Begin(nonce.value()) : nonce.status();
   constexpr int kRounds = 3;
   for (int r = 0; s.ok() && r < kRounds; ++r) {
     for (size_t i = live.size() * r / kRounds; i < live.size() * (r + 1) / kRounds; ++i) {

@@ -22,12 +22,12 @@ namespace cvmstate::tools {
 namespace {
 
 struct SendOptions {
-  std::string db, vm, to, to_file, trace;
+  std::string db, vm, to, to_file, trace, psk_file;
   int rounds = 3;
 };
 
 struct RecvOptions {
-  std::string listen, from_file, db, vm;
+  std::string listen, from_file, db, vm, psk_file;
   double timeout = 30;
 };
 
@@ -72,6 +72,12 @@ Status LoadTraceConversions(const std::string& path, const VmState& vm, std::vec
 }
 
 int RunSend(const SendOptions& o) {
+  std::string key;
+  if (!o.psk_file.empty()) {
+    auto k = LoadPskFile(o.psk_file);
+    if (!k.ok()) return Fail(k.status().message());
+    key = std::move(k).value();
+  }
   auto store = CheckpointStore::Open(o.db);
   if (!store.ok()) return Fail(store.status().message());
   CheckpointInfo info;
@@ -94,8 +100,17 @@ int RunSend(const SendOptions& o) {
     fd.fd = open(o.to_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd.fd < 0) return Fail("cannot write '" + o.to_file + "': " + std::strerror(errno));
   }
+  // Over a network the destination opens with a fresh nonce to answer.
+  std::string nonce;
+  {
+    FdSource from(fd.fd, 30);
+    auto n = o.to.empty() ? MigrationSource::NewNonce() : MigrationSource::ReadChallenge(&from);
+    if (!n.ok()) return Fail("migration failed: " + n.status().message());
+    nonce = std::move(n).value();
+  }
   FdSink sink(fd.fd);
   MigrationSource src(&vm.value(), o.vm, &sink);
+  src.SetKey(key);
   // A destination that refuses says why in its acknowledgement: read it
   // when our writes fail.
   auto failed = [&](const Status& s) {
@@ -106,7 +121,7 @@ int RunSend(const SendOptions& o) {
     }
     return Fail("migration failed: " + s.message());
   };
-  Status s = src.Begin();
+  Status s = src.Begin(nonce);
   if (!s.ok()) return failed(s);
   PrintRound("send", src.rounds().back(), false);
   // The guest keeps converting: slice r of the trace runs during round r.
@@ -141,10 +156,15 @@ int RunSend(const SendOptions& o) {
 }
 
 int RunRecv(const RecvOptions& o) {
+  MigrationDestination::Options opt;
+  if (!o.psk_file.empty()) {
+    auto k = LoadPskFile(o.psk_file);
+    if (!k.ok()) return Fail(k.status().message());
+    opt.key = std::move(k).value();
+  }
   auto store = CheckpointStore::Open(o.db);
   if (!store.ok()) return Fail(store.status().message());
   std::string target;
-  MigrationDestination::Options opt;
   opt.accept_vm = [&](const std::string& id) -> Status {
     target = o.vm.empty() ? id : o.vm;
     auto has = store.value()->HasVm(target);
@@ -170,8 +190,16 @@ int RunRecv(const RecvOptions& o) {
   FdSource in(fd.fd, o.timeout);
   FdSink back(fd.fd);
   const bool network = !o.listen.empty();
+  if (network) {  // a fresh nonce the source must answer: no replays
+    auto nonce = MigrationSource::NewNonce();
+    if (!nonce.ok()) return Fail(nonce.status().message());
+    opt.expected_nonce = nonce.value();
+    Status s = MigrationDestination::SendChallenge(&back, nonce.value());
+    if (!s.ok()) return Fail("migration failed: " + s.message());
+  }
+  MigrationDestination dest(opt);
   auto fail = [&](const std::string& why) {
-    if (network && MigrationDestination::SendAck(&back, false, why).ok()) {
+    if (network && dest.SendAck(&back, false, why).ok()) {
       // Let the source read the reason: stop sending, and drain what it
       // still sends (closing with unread data would reset the connection
       // and discard the acknowledgement).
@@ -183,7 +211,6 @@ int RunRecv(const RecvOptions& o) {
     }
     return Fail("migration failed: " + why);
   };
-  MigrationDestination dest(opt);
   std::string id;
   auto vm = dest.Receive(&in, &id);
   if (!vm.ok()) return fail(vm.status().message());
@@ -211,7 +238,7 @@ int RunRecv(const RecvOptions& o) {
     }
     private_ranges += kvm.back()->ranges().size();
   }
-  if (network && !MigrationDestination::SendAck(&back, true, "ready").ok()) {
+  if (network && !dest.SendAck(&back, true, "ready").ok()) {
     (void)store.value()->DeleteVm(target);  // the source will not commit: neither do we
     return Fail("migration failed: cannot acknowledge to the source");
   }
@@ -251,6 +278,7 @@ void AddMigrateCommand(CLI::App& app, int* exit_code) {
   CLI::Option* to_file = send->add_option("--to-file", s->to_file, "Write the stream to FILE instead");
   to->excludes(to_file);
   send->add_option("--trace", s->trace, "Conversions the running guest makes during the migration");
+  send->add_option("--psk-file", s->psk_file, "Authenticate every frame with a key derived from FILE (both sides)");
   send->add_option("--rounds", s->rounds, "Pre-copy rounds over which --trace is spread (default 3)")
       ->check(CLI::Range(1, 1000));
   send->callback([s, exit_code, to, to_file] {
@@ -274,6 +302,9 @@ void AddMigrateCommand(CLI::App& app, int* exit_code) {
   listen->excludes(from);
   recv->add_option("--db", r->db, "Destination store directory")->required();
   recv->add_option("--vm", r->vm, "Commit under this id instead of the stream's");
+  recv->add_option("--psk-file", r->psk_file,
+                   "Accept only streams authenticated with a key derived from FILE; without it\n"
+                   "frames are checked for integrity only: listen on a trusted network");
   recv->add_option("--timeout", r->timeout, "Seconds to wait for the next frame (default 30)")
       ->check(CLI::Range(0.1, 86400.0));
   recv->callback([r, exit_code, listen, from] {

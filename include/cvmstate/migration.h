@@ -8,9 +8,11 @@
 // ByteSink and the destination reads from a ByteSource, so a VMM can run it
 // over its own migration channel; FdSink/FdSource adapt any file
 // descriptor (TCP socket, file, pipe, socketpair). Frames are described in
-// schema/migration.fbs. Without a key (see the hardening issue) frames are
-// checked for integrity, not authenticated: listen only on a trusted
-// network.
+// schema/migration.fbs. With a pre-shared key every frame is authenticated
+// (HMAC-SHA256, per-direction keys derived from a nonce the destination
+// draws), so a recorded stream cannot be replayed over the network. Without
+// a key frames are checked for integrity, not authenticated: listen only on
+// a trusted network.
 //
 // Thread-safety: one thread per MigrationSource / MigrationDestination.
 #ifndef CVMSTATE_MIGRATION_H_
@@ -79,8 +81,17 @@ class MigrationSource {
   // opened at Begin and at every round).
   MigrationSource(VmState* vm, std::string vm_id, ByteSink* sink);
 
-  // Sends the hello and round 0: the full state.
-  Status Begin();
+  // Authenticates every frame with keys derived from `key` (see
+  // LoadPskFile) and the stream's nonce. Call before Begin.
+  void SetKey(std::string key) { key_ = std::move(key); }
+  // Over a network: reads the destination's challenge, the nonce to answer.
+  static Result<std::string> ReadChallenge(ByteSource* from);
+  // For a stream with no live destination (a file): a fresh nonce.
+  static Result<std::string> NewNonce();
+
+  // Sends the answer to the challenge (`nonce`), the hello and round 0:
+  // the full state.
+  Status Begin(std::string_view nonce);
   // Sends a pre-copy round: the ranges changed since the previous round.
   Result<RoundStats> SendRound();
   // Sends the final round (stop-and-copy: the guest is paused, so what
@@ -94,11 +105,12 @@ class MigrationSource {
   uint64_t total_bytes() const { return bytes_; }
 
  private:
-  Status SendFrame(const uint8_t* data, size_t size);
   Result<RoundStats> SendSections(bool full);
 
   VmState* vm_;
   std::string id_;
+  std::string key_;       // derived from the pre-shared key; empty: none
+  std::string send_key_, ack_key_;  // per-direction session keys
   ByteSink* sink_;
   uint64_t seq_ = 0;
   uint64_t epoch_ = 0;
@@ -116,6 +128,15 @@ class MigrationDestination {
     // Called with the VM id from the hello; a non-OK status refuses it
     // (for example because the id already exists in the store).
     std::function<Status(const std::string&)> accept_vm;
+    // The key derived from the pre-shared key file: every frame must be
+    // authenticated with it. Empty: frames must carry no MAC.
+    std::string key;
+    // Over a network: the nonce this side sent; the stream must answer it.
+    // Empty (a file): the stream's own nonce is taken.
+    std::string expected_nonce;
+    // Inspection only (dump --stream): read authenticated streams without
+    // the key, checking integrity but not authenticity.
+    bool ignore_macs = false;
   };
   explicit MigrationDestination(Options options);
 
@@ -124,8 +145,13 @@ class MigrationDestination {
   // the stream's VM id. Any fault ends it with an error naming it.
   Result<VmState> Receive(ByteSource* in, std::string* vm_id);
 
-  // Sends the acknowledgement: ready, or an error with its reason.
-  static Status SendAck(ByteSink* out, bool ok, const std::string& reason);
+  // Over a network, before Receive: sends the challenge the source must
+  // answer (a fresh nonce; put it in Options::expected_nonce).
+  static Status SendChallenge(ByteSink* out, std::string_view nonce);
+
+  // Sends the acknowledgement: ready, or an error with its reason
+  // (authenticated when the stream was).
+  Status SendAck(ByteSink* out, bool ok, const std::string& reason);
 
   const std::vector<RoundStats>& rounds() const { return rounds_; }
   uint64_t total_bytes() const { return bytes_; }
@@ -134,10 +160,15 @@ class MigrationDestination {
 
  private:
   Options opt_;
+  std::string ack_key_;  // session key of the answer, once known
   std::vector<RoundStats> rounds_;
   uint64_t bytes_ = 0;
   std::chrono::steady_clock::time_point end_received_{};
 };
+
+// Reads a pre-shared key file (16 bytes to 64 KiB, ideally random) and
+// derives the key MigrationSource::SetKey and Options::key take.
+Result<std::string> LoadPskFile(const std::string& path);
 
 // CRC-32C (Castagnoli) of data, as used in frame headers.
 uint32_t Crc32c(const void* data, size_t size);

@@ -3,9 +3,13 @@
 // at random moments, and recorded streams corrupted.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <random>
+
+#include "cvmstate/migration.h"
 
 #include "process.h"
 
@@ -90,11 +94,11 @@ TEST_F(CrossHostTest, EitherSideKilledLeavesNoPartialVm) {
     const std::string dst = dir_ + "/dst" + std::to_string(round);
     BackgroundProcess recv({CvmstateBinary(), "migrate", "recv", "--listen", "127.0.0.1:0", "--db", dst, "--timeout",
                             "3"},
-                           dir_ + "/r.out", dir_ + "/r.err");
+                           dst + ".out", dst + ".err");
     const std::string port = Port(recv);
     BackgroundProcess send({CvmstateBinary(), "migrate", "send", "--db", dir_ + "/src", "--vm", "g", "--to", port,
                             "--trace", dir_ + "/live.trace", "--rounds", "3"},
-                           dir_ + "/s.out", dir_ + "/s.err");
+                           dst + ".sout", dst + ".serr");
     usleep(static_cast<useconds_t>(rng() % 40000));
     const bool kill_source = round % 2 == 0;
     (kill_source ? send : recv).Kill(SIGKILL);
@@ -203,6 +207,95 @@ TEST_F(CrossHostTest, BetweenNetworkNamespaces) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out, "ready\n");
   EXPECT_EQ(Dump(dir_ + "/dst"), Dump(dir_ + "/src"));
+}
+
+}  // namespace
+}  // namespace cvmstate::testing
+
+namespace cvmstate::testing {
+namespace {
+
+TEST_F(CrossHostTest, PreSharedKeys) {
+  WriteFile(dir_ + "/key", "a-pre-shared-key-of-enough-bytes");
+  WriteFile(dir_ + "/other", "another-pre-shared-key-entirely!");
+  struct Case {
+    const char* send_key;
+    const char* recv_key;
+    bool ok;
+    const char* why;
+  } cases[] = {
+      {"key", "key", true, ""},
+      {"other", "key", false, "authentication failed"},
+      {nullptr, "key", false, "does not authenticate"},
+      {"key", nullptr, false, "stream is authenticated"},
+  };
+  int n = 0;
+  for (const Case& c : cases) {
+    const std::string dst = dir_ + "/dst" + std::to_string(n++);
+    std::vector<std::string> rargs = {CvmstateBinary(), "migrate", "recv", "--listen", "127.0.0.1:0", "--db", dst};
+    if (c.recv_key) rargs.insert(rargs.end(), {"--psk-file", dir_ + "/" + c.recv_key});
+    BackgroundProcess recv(rargs, dst + ".out", dst + ".err");
+    std::vector<std::string> sargs = {"migrate", "send", "--db", dir_ + "/src", "--vm", "g", "--to", Port(recv)};
+    if (c.send_key) sargs.insert(sargs.end(), {"--psk-file", dir_ + "/" + c.send_key});
+    ProcessResult s = Cvm(sargs);
+    ProcessResult r = recv.Wait();
+    if (c.ok) {
+      EXPECT_EQ(s.exit_code, 0) << s.err;
+      EXPECT_EQ(r.exit_code, 0) << r.err;
+      EXPECT_EQ(Dump(dst), Dump(dir_ + "/src"));
+    } else {
+      EXPECT_EQ(r.exit_code, 1);
+      EXPECT_NE(r.err.find(c.why), std::string::npos) << r.err;
+      EXPECT_EQ(s.exit_code, 1) << s.err;
+      EXPECT_EQ(Dump(dst), "") << "a refused stream left a VM";
+      EXPECT_EQ(Dump(dir_ + "/src"), src_before_);
+    }
+  }
+  // A keyed recording: recv --from-file needs the key; dump reads it without.
+  const std::string stream = dir_ + "/keyed.stream";
+  ASSERT_EQ(Cvm({"migrate", "send", "--db", dir_ + "/src", "--vm", "g", "--to-file", stream, "--psk-file",
+                 dir_ + "/key"}).exit_code, 0);
+  EXPECT_EQ(Cvm({"migrate", "recv", "--from-file", stream, "--db", dir_ + "/f1"}).exit_code, 1);
+  EXPECT_EQ(Cvm({"migrate", "recv", "--from-file", stream, "--db", dir_ + "/f2", "--psk-file", dir_ + "/other"}).exit_code, 1);
+  EXPECT_EQ(Cvm({"migrate", "recv", "--from-file", stream, "--db", dir_ + "/f3", "--psk-file", dir_ + "/key"}).exit_code, 0);
+  EXPECT_EQ(Cvm({"dump", "--stream", stream, "--format", "runs"}).out, Dump(dir_ + "/src"));
+}
+
+// Hostile peers: garbage, a byte a second, a sender that stops mid-frame, a
+// reset: recv ends with exit 1 within its timeout, nothing committed.
+TEST_F(CrossHostTest, HostilePeers) {
+  for (int kind = 0; kind < 4; ++kind) {
+    const std::string dst = dir_ + "/h" + std::to_string(kind);
+    BackgroundProcess recv({CvmstateBinary(), "migrate", "recv", "--listen", "127.0.0.1:0", "--db", dst, "--timeout", "2"},
+                           dst + ".out", dst + ".err");
+    auto fd = TcpConnect(Port(recv), 5);
+    ASSERT_TRUE(fd.ok());
+    const auto t0 = std::chrono::steady_clock::now();
+    if (kind == 0) {  // garbage
+      std::string junk(100000, '\x5a');
+      (void)!write(fd.value(), junk.data(), junk.size());
+    } else if (kind == 1) {  // slow loris: a byte a second
+      for (int i = 0; i < 6; ++i) {
+        if (write(fd.value(), "\x10", 1) != 1) break;
+        sleep(1);
+      }
+    } else if (kind == 2) {  // stops in the middle of a frame
+      const char partial[11] = {0x40, 0, 0, 0, 0, 0, 0, 0, 'a', 'b', 'c'};
+      (void)!write(fd.value(), partial, sizeof partial);
+      sleep(4);
+    } else {  // connection reset
+      linger l{1, 0};
+      setsockopt(fd.value(), SOL_SOCKET, SO_LINGER, &l, sizeof l);
+    }
+    close(fd.value());
+    ProcessResult r = recv.Wait(30);
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    EXPECT_EQ(r.signal, 0);
+    EXPECT_EQ(r.exit_code, 1) << "kind " << kind << ": " << r.err;
+    EXPECT_LT(secs, 12) << "kind " << kind;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 2) << "one line of listening, one of error: " << r.err;
+    EXPECT_EQ(Dump(dst), "");
+  }
 }
 
 }  // namespace

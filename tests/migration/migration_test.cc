@@ -12,6 +12,7 @@
 
 #include "cvmstate/listing.h"
 #include "cvmstate/state_digest.h"
+#include "process.h"
 
 namespace cvmstate {
 namespace {
@@ -71,7 +72,7 @@ std::string Record(uint64_t seed, VmState* vm, int rounds, std::vector<RoundStat
   std::mt19937_64 rng(seed);
   StringSink sink;
   MigrationSource src(vm, "vm" + std::to_string(seed), &sink);
-  EXPECT_TRUE(src.Begin().ok());
+  EXPECT_TRUE(src.Begin(MigrationSource::NewNonce().value()).ok());
   for (int r = 0; r < rounds; ++r) {
     Churn(rng, vm, 200);
     EXPECT_TRUE(src.SendRound().ok());
@@ -92,8 +93,10 @@ TEST(MigrationTest, RoundTripsThroughASocketpair) {
     Status sent;
     std::thread source([&] {
       FdSink sink(sv[0]);
+      FdSource challenge(sv[0], 30);
+      auto nonce = MigrationSource::ReadChallenge(&challenge);
       MigrationSource src(&src_vm, "guest", &sink);
-      sent = src.Begin();
+      sent = nonce.ok() ? src.Begin(nonce.value()) : nonce.status();
       for (int r = 0; r < 3 && sent.ok(); ++r) {
         Churn(rng, &src_vm, 300);
         auto st = src.SendRound();
@@ -108,11 +111,14 @@ TEST(MigrationTest, RoundTripsThroughASocketpair) {
       if (sent.ok()) sent = src.AwaitAck(&back);
     });
     FdSource in(sv[1], 30);
-    MigrationDestination dest({});
+    FdSink ack(sv[1]);
+    MigrationDestination::Options opt;
+    opt.expected_nonce = MigrationSource::NewNonce().value();
+    ASSERT_TRUE(MigrationDestination::SendChallenge(&ack, opt.expected_nonce).ok());
+    MigrationDestination dest(opt);
     std::string id;
     auto got = dest.Receive(&in, &id);
-    FdSink ack(sv[1]);
-    ASSERT_TRUE(MigrationDestination::SendAck(&ack, got.ok(), got.ok() ? "ready" : got.status().message()).ok());
+    ASSERT_TRUE(dest.SendAck(&ack, got.ok(), got.ok() ? "ready" : got.status().message()).ok());
     source.join();
     close(sv[0]);
     close(sv[1]);
@@ -131,7 +137,7 @@ TEST(MigrationTest, DeltaRoundsCostAboutThirtyTwoBytesPerChangedRun) {
   Churn(rng, &vm, 50000);
   StringSink sink;
   MigrationSource src(&vm, "big", &sink);
-  ASSERT_TRUE(src.Begin().ok());
+  ASSERT_TRUE(src.Begin(MigrationSource::NewNonce().value()).ok());
   for (int n : {10, 1000, 10000}) {
     Churn(rng, &vm, n);
     auto st = src.SendRound();
@@ -215,6 +221,83 @@ TEST(MigrationTest, TruncatedReorderedAndOversizedStreamsAreRefused) {
   auto no = picky.Receive(&in2, &id);
   ASSERT_FALSE(no.ok());
   EXPECT_NE(no.status().message().find("already exists"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace cvmstate
+
+namespace cvmstate {
+namespace {
+
+// Records a stream answering `nonce`, keyed with `key` (empty: unkeyed).
+std::string RecordKeyed(VmState* vm, const std::string& key, const std::string& nonce) {
+  StringSink sink;
+  MigrationSource src(vm, "keyed", &sink);
+  src.SetKey(key);
+  EXPECT_TRUE(src.Begin(nonce).ok());
+  EXPECT_TRUE(src.Finish().ok());
+  return sink.data;
+}
+
+Status ReceiveWith(const std::string& stream, const std::string& key, const std::string& expected_nonce) {
+  StringSource in(stream);
+  MigrationDestination::Options o;
+  o.key = key;
+  o.expected_nonce = expected_nonce;
+  MigrationDestination dest(o);
+  std::string id;
+  auto got = dest.Receive(&in, &id);
+  return got.ok() ? Status::OK() : got.status();
+}
+
+TEST(MigrationAuthTest, KeysNoncesAndReplays) {
+  std::mt19937_64 rng(31);
+  VmState vm = RandomVm(rng);
+  Churn(rng, &vm, 200);
+  const std::string dir = testing::MakeTempDir();
+  testing::WriteFile(dir + "/k1", "0123456789abcdef-one");
+  testing::WriteFile(dir + "/k2", "0123456789abcdef-two");
+  testing::WriteFile(dir + "/short", "tiny");
+  const std::string k1 = LoadPskFile(dir + "/k1").value(), k2 = LoadPskFile(dir + "/k2").value();
+  EXPECT_FALSE(LoadPskFile(dir + "/short").ok());
+  EXPECT_FALSE(LoadPskFile(dir + "/missing").ok());
+  const std::string n1 = MigrationSource::NewNonce().value(), n2 = MigrationSource::NewNonce().value();
+  ASSERT_NE(n1, n2);
+
+  const std::string keyed = RecordKeyed(&vm, k1, n1);
+  EXPECT_TRUE(ReceiveWith(keyed, k1, n1).ok());
+  EXPECT_TRUE(ReceiveWith(keyed, k1, "").ok());  // a file: its own nonce, key checked
+  Status wrong = ReceiveWith(keyed, k2, n1);
+  EXPECT_EQ(wrong.code(), Status::Code::kRefused);
+  EXPECT_NE(wrong.message().find("authentication failed"), std::string::npos) << wrong.message();
+  EXPECT_NE(wrong.message().find("frame 0"), std::string::npos) << "refused before anything large: " << wrong.message();
+  Status unkeyed_receiver = ReceiveWith(keyed, "", n1);
+  EXPECT_NE(unkeyed_receiver.message().find("stream is authenticated"), std::string::npos);
+  const std::string plain = RecordKeyed(&vm, "", n1);
+  Status unkeyed_sender = ReceiveWith(plain, k1, n1);
+  EXPECT_EQ(unkeyed_sender.code(), Status::Code::kRefused);
+  EXPECT_NE(unkeyed_sender.message().find("does not authenticate"), std::string::npos) << unkeyed_sender.message();
+  // Replaying a recorded stream to a receiver that drew another nonce.
+  Status replay = ReceiveWith(keyed, k1, n2);
+  EXPECT_EQ(replay.code(), Status::Code::kRefused);
+  EXPECT_NE(replay.message().find("another challenge"), std::string::npos);
+  // Rewriting the nonce (and the CRC) to the new one breaks every MAC.
+  std::string forged = keyed;
+  const size_t at = forged.find(n1);
+  ASSERT_NE(at, std::string::npos);
+  forged.replace(at, n2.size(), n2);
+  const uint32_t len = static_cast<uint8_t>(forged[0]) | static_cast<uint8_t>(forged[1]) << 8;
+  const uint32_t crc = Crc32c(forged.data() + 8 + 32, len);
+  for (int i = 0; i < 4; ++i) forged[4 + i] = static_cast<char>(crc >> (8 * i));
+  Status forged_status = ReceiveWith(forged, k1, n2);
+  EXPECT_EQ(forged_status.code(), Status::Code::kRefused);
+  EXPECT_NE(forged_status.message().find("authentication failed"), std::string::npos) << forged_status.message();
+  // Flipping any bit of a keyed stream is refused too.
+  for (size_t bit = 0; bit < keyed.size() * 8; bit += 97) {
+    std::string bad = keyed;
+    bad[bit / 8] = static_cast<char>(bad[bit / 8] ^ (1 << (bit % 8)));
+    ASSERT_FALSE(ReceiveWith(bad, k1, n1).ok()) << bit;
+  }
 }
 
 }  // namespace
