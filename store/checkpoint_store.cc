@@ -71,8 +71,10 @@ bool CheckpointStore::IsValidVmId(std::string_view id) {
 CheckpointStore::CheckpointStore(std::unique_ptr<rocksdb::DB> db) : db_(std::move(db)) {}
 CheckpointStore::~CheckpointStore() = default;
 
-Result<std::unique_ptr<CheckpointStore>> CheckpointStore::Open(const std::string& dir, bool read_only) {
+Result<std::unique_ptr<CheckpointStore>> CheckpointStore::Open(const std::string& dir, bool read_only,
+                                                               rocksdb::Env* env) {
   rocksdb::Options o;
+  if (env != nullptr) o.env = env;
   o.create_if_missing = !read_only;
   // Many VMs share one database per host: keep file handles bounded.
   o.max_open_files = 256;
@@ -113,7 +115,12 @@ Status CheckpointStore::Write(rocksdb::WriteBatch* batch) {
   rocksdb::WriteOptions w;
   w.sync = true;  // durable before we say "committed"
   rocksdb::Status s = db_->Write(w, batch);
-  if (!s.ok()) return FromRocks(s, "cannot commit the checkpoint");
+  if (!s.ok()) {
+    // A failed WAL write stops RocksDB's writes; once the fault is gone
+    // the next checkpoint should work, so try to resume now.
+    (void)db_->Resume();
+    return FromRocks(s, "cannot commit the checkpoint");
+  }
   return Status::OK();
 }
 

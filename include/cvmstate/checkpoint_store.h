@@ -22,6 +22,7 @@
 
 namespace rocksdb {
 class DB;
+class Env;
 class WriteBatch;
 }  // namespace rocksdb
 
@@ -44,8 +45,10 @@ class CheckpointStore {
 
   // Opens (creating if missing, unless read_only) the database in dir.
   // IOError with RocksDB's reason if it cannot (for example another
-  // process holds it open for writing).
-  static Result<std::unique_ptr<CheckpointStore>> Open(const std::string& dir, bool read_only = false);
+  // process holds it open for writing). env (not owned; must outlive the
+  // store) replaces the default file system, for fault injection.
+  static Result<std::unique_ptr<CheckpointStore>> Open(const std::string& dir, bool read_only = false,
+                                                       rocksdb::Env* env = nullptr);
   ~CheckpointStore();
 
   // The VM ids that have a committed checkpoint, sorted.
