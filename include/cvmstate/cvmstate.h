@@ -1,0 +1,200 @@
+/*
+ * cvmstate C API: the page-state store for live migration of confidential
+ * VMs, for VMMs written in C (QEMU) or binding C headers (Cloud Hypervisor).
+ *
+ * Conventions
+ *  - Plain C11, opaque handles, fixed-width integers.
+ *  - Functions returning int return 0 (or a non-negative value where said)
+ *    on success and a negative errno value on failure; cvmstate_last_error()
+ *    then returns a one-line message for the calling thread.
+ *  - No C++ exception ever crosses this boundary.
+ *
+ * Thread-safety
+ *  - cvmstate_version and cvmstate_last_error: any thread, any time (the
+ *    message is per thread).
+ *  - A cvmstate_vm, its listeners, and a source or destination working on
+ *    it: one thread at a time (the caller serializes; listener callbacks run
+ *    on the calling thread, and must not call back into the same vm).
+ *    Different vms may be used from different threads at once.
+ *  - A cvmstate_store may be shared by threads: cvmstate_checkpoint,
+ *    cvmstate_store_load and cvmstate_store_commit of different VM ids may
+ *    run concurrently on it.
+ *
+ * Error codes: -EINVAL invalid argument or range, -ENOENT no such block or
+ * VM, -EEXIST name or VM id taken, -EBADMSG corrupted data or stream, -EIO
+ * I/O failure or timeout, -EACCES authentication failed or refused, -ENOMEM;
+ * a refusing listener's own (negative) code is returned as is.
+ */
+#ifndef CVMSTATE_CVMSTATE_H_
+#define CVMSTATE_CVMSTATE_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define CVMSTATE_API __attribute__((visibility("default")))
+#else
+#define CVMSTATE_API
+#endif
+
+#define CVMSTATE_VERSION_MAJOR 0
+#define CVMSTATE_VERSION_MINOR 1
+#define CVMSTATE_VERSION_PATCH 0
+#define CVMSTATE_VERSION ((CVMSTATE_VERSION_MAJOR << 16) | (CVMSTATE_VERSION_MINOR << 8) | CVMSTATE_VERSION_PATCH)
+
+/* The version of the library at run time, as CVMSTATE_VERSION. */
+CVMSTATE_API uint32_t cvmstate_version(void);
+/* The message of the last failing call on this thread ("" if none). The
+ * pointer is valid until the next call on this thread. */
+CVMSTATE_API const char* cvmstate_last_error(void);
+
+enum cvmstate_page_state {
+  CVMSTATE_SHARED = 0,    /* host-visible: DMA-mapped for assigned devices */
+  CVMSTATE_PRIVATE = 1,   /* guest-owned (guest_memfd private) */
+  CVMSTATE_DISCARDED = 2  /* no backing: unaccepted, ballooned, unplugged */
+};
+
+typedef struct cvmstate_vm cvmstate_vm;
+typedef struct cvmstate_listener cvmstate_listener;
+typedef struct cvmstate_store cvmstate_store;
+typedef struct cvmstate_source cvmstate_source;
+typedef struct cvmstate_destination cvmstate_destination;
+
+/* ---- VM state ---------------------------------------------------------- */
+
+/* A new VM with no blocks; NULL if out of memory. Free with cvmstate_vm_free
+ * (after unregistering its listeners). */
+CVMSTATE_API cvmstate_vm* cvmstate_vm_new(void);
+CVMSTATE_API void cvmstate_vm_free(cvmstate_vm* vm);
+
+/* Declares a RAM block: name [A-Za-z0-9._:/-]{1,64}, page_size a power of two
+ * from 4 KiB to 1 GiB, size a positive multiple of it, initial a
+ * cvmstate_page_state. -EINVAL, -EEXIST. */
+CVMSTATE_API int cvmstate_vm_add_block(cvmstate_vm* vm, const char* name, uint64_t size, uint64_t page_size,
+                                       int initial);
+
+/* Converts bytes [offset, offset+size) of block to state: what a VMM does on
+ * a KVM_EXIT_MEMORY_FAULT / page-conversion exit. Listeners are told per
+ * maximal changed run; if one refuses, all are rolled back, the state is
+ * unchanged, and its code is returned. -EINVAL (unaligned, empty, out of
+ * bounds, a listener's granularity), -ENOENT (no such block). */
+CVMSTATE_API int cvmstate_convert(cvmstate_vm* vm, const char* block, uint64_t offset, uint64_t size, int state);
+
+/* The state of the page holding byte offset (>= 0), or -ENOENT / -EINVAL. */
+CVMSTATE_API int cvmstate_state_at(const cvmstate_vm* vm, const char* block, uint64_t offset);
+
+/* Called for each maximal run; return non-zero to stop. */
+typedef int (*cvmstate_run_fn)(void* opaque, uint64_t offset, uint64_t size, int state);
+
+/* Calls fn for each maximal run intersecting [offset, offset+size) of block
+ * (clipped), ascending; only runs in `state` unless state is -1. Returns 0,
+ * or fn's non-zero value if it stopped, or -ENOENT / -EINVAL. */
+CVMSTATE_API int cvmstate_for_each_run(const cvmstate_vm* vm, const char* block, uint64_t offset, uint64_t size,
+                                       int state, cvmstate_run_fn fn, void* opaque);
+
+/* A 64-bit digest of the whole state: equal digests, equal states. */
+CVMSTATE_API int cvmstate_vm_digest(const cvmstate_vm* vm, uint64_t* digest);
+
+/* ---- Listeners ----------------------------------------------------------- */
+
+/* A DMA-mapping listener (as QEMU's RamDiscardListener / VFIO): told when
+ * pages become shared (populate: may refuse with a negative errno) and stop
+ * being shared (discard: cannot fail). */
+typedef struct cvmstate_dma_ops {
+  int (*populate)(void* opaque, uint64_t offset, uint64_t size);
+  void (*discard)(void* opaque, uint64_t offset, uint64_t size);
+  uint64_t granularity;          /* bytes, a power of two; 0: the page size */
+  int double_discard_supported;  /* non-zero: discard may cover unpopulated pages */
+} cvmstate_dma_ops;
+
+/* A memory-attribute listener (as KVM_SET_MEMORY_ATTRIBUTES): told when
+ * pages become private (may refuse) and stop being private (cannot fail). */
+typedef struct cvmstate_attr_ops {
+  int (*set_private)(void* opaque, uint64_t offset, uint64_t size);
+  void (*clear_private)(void* opaque, uint64_t offset, uint64_t size);
+  uint64_t granularity;
+} cvmstate_attr_ops;
+
+/* Registers a listener for [offset, offset+size) of block and replays the
+ * section's shared (or private) runs to it. On failure nothing stays
+ * registered or notified. ops is copied; opaque is passed back. */
+CVMSTATE_API int cvmstate_register_dma_listener(cvmstate_vm* vm, const char* block, uint64_t offset, uint64_t size,
+                                                const cvmstate_dma_ops* ops, void* opaque, cvmstate_listener** out);
+CVMSTATE_API int cvmstate_register_attr_listener(cvmstate_vm* vm, const char* block, uint64_t offset, uint64_t size,
+                                                 const cvmstate_attr_ops* ops, void* opaque, cvmstate_listener** out);
+/* Withdraws the section from the listener (discards / clears) and frees it. */
+CVMSTATE_API int cvmstate_unregister_listener(cvmstate_vm* vm, cvmstate_listener* listener);
+
+/* ---- Persistent store ---------------------------------------------------- */
+
+/* Opens (creating) the RocksDB store in dir; one process at a time. */
+CVMSTATE_API int cvmstate_store_open(const char* dir, cvmstate_store** out);
+CVMSTATE_API void cvmstate_store_close(cvmstate_store* store);
+
+/* Commits vm as vm_id durably and atomically: the first call for a (vm,
+ * store, id) replaces what id held, later ones write only what changed.
+ * *bytes (optional) gets the bytes written. */
+CVMSTATE_API int cvmstate_checkpoint(cvmstate_store* store, cvmstate_vm* vm, const char* vm_id, uint64_t* bytes);
+
+/* Loads the last committed state of vm_id into a new vm (*out): verified,
+ * digest checked. -ENOENT if there is none, -EBADMSG if corrupted. */
+CVMSTATE_API int cvmstate_store_load(cvmstate_store* store, const char* vm_id, cvmstate_vm** out);
+
+/* ---- Live migration -------------------------------------------------------- */
+
+/* Byte transport for a migration: read returns bytes read (> 0), 0 at end of
+ * stream, or a negative errno; write returns bytes written (> 0) or a
+ * negative errno. Use these when the VMM has its own migration channel;
+ * the *_fd variants take a connected file descriptor (not closed). */
+typedef struct cvmstate_io {
+  long (*read)(void* opaque, void* buf, size_t size);
+  long (*write)(void* opaque, const void* buf, size_t size);
+} cvmstate_io;
+
+/* The source side. psk_file (optional) authenticates every frame; the
+ * destination must use the same file. Over a channel with a live
+ * destination the source first reads its challenge. */
+CVMSTATE_API int cvmstate_source_new_fd(cvmstate_vm* vm, const char* vm_id, int fd, const char* psk_file,
+                                        cvmstate_source** out);
+CVMSTATE_API int cvmstate_source_new_io(cvmstate_vm* vm, const char* vm_id, const cvmstate_io* io, void* opaque,
+                                        const char* psk_file, cvmstate_source** out);
+/* Round 0: the full state. *bytes (optional) gets the round's bytes. */
+CVMSTATE_API int cvmstate_source_begin(cvmstate_source* src, uint64_t* bytes);
+/* A pre-copy round: what changed since the previous round. The guest may
+ * convert pages (cvmstate_convert) between rounds. */
+CVMSTATE_API int cvmstate_source_round(cvmstate_source* src, uint64_t* bytes);
+/* Stop-and-copy: the final changes and the end frame, then waits for the
+ * destination's acknowledgement. 0 once the destination is ready;
+ * -EACCES / -EIO / -EBADMSG with its reason otherwise. */
+CVMSTATE_API int cvmstate_source_finish(cvmstate_source* src, uint64_t* bytes);
+/* Rounds sent so far, and the bytes of round r. */
+CVMSTATE_API uint32_t cvmstate_source_rounds(const cvmstate_source* src);
+CVMSTATE_API uint64_t cvmstate_source_round_bytes(const cvmstate_source* src, uint32_t round);
+CVMSTATE_API void cvmstate_source_free(cvmstate_source* src);
+
+/* The destination side: sends its challenge, then receives and verifies
+ * the whole stream (each wait bounded by timeout_seconds) into a new vm
+ * (*out). It does not acknowledge: commit and replay listeners first, then
+ * call cvmstate_destination_ack. */
+CVMSTATE_API int cvmstate_destination_new_fd(int fd, const char* psk_file, double timeout_seconds,
+                                             cvmstate_destination** out);
+CVMSTATE_API int cvmstate_destination_new_io(const cvmstate_io* io, void* opaque, const char* psk_file,
+                                             cvmstate_destination** out);
+CVMSTATE_API int cvmstate_destination_receive(cvmstate_destination* dst, cvmstate_vm** out);
+/* The VM id the stream carried (valid after a successful receive). */
+CVMSTATE_API const char* cvmstate_destination_vm_id(const cvmstate_destination* dst);
+/* Commits a received vm under vm_id in one batch; -EEXIST if it exists. */
+CVMSTATE_API int cvmstate_store_commit(cvmstate_store* store, const char* vm_id, const cvmstate_vm* vm);
+/* Tells the source: ready (ok != 0) or the failure reason. */
+CVMSTATE_API int cvmstate_destination_ack(cvmstate_destination* dst, int ok, const char* reason);
+CVMSTATE_API void cvmstate_destination_free(cvmstate_destination* dst);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* CVMSTATE_CVMSTATE_H_ */
