@@ -119,17 +119,9 @@ void Json(const VmState& vm, const CheckpointInfo& info, std::string* out) {
   out->append("]}\n");
 }
 
-// Closes a file descriptor when it goes out of scope.
-struct Fd {
-  int fd = -1;
-  ~Fd() {
-    if (fd >= 0) close(fd);
-  }
-};
-
 // The final state carried by a recorded migration stream.
 Result<VmState> LoadStream(const std::string& path, CheckpointInfo* info) {
-  Fd fd;
+  ScopedFd fd;
   fd.fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd.fd < 0) return Status::IOError("cannot read '" + path + "': " + std::strerror(errno));
   FdSource in(fd.fd, 0);

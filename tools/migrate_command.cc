@@ -31,14 +31,6 @@ struct RecvOptions {
   double timeout = 30;
 };
 
-// Closes a file descriptor when it goes out of scope.
-struct Fd {
-  int fd = -1;
-  ~Fd() {
-    if (fd >= 0) close(fd);
-  }
-};
-
 void PrintRound(const char* who, const RoundStats& r, bool final_round) {
   std::fprintf(stderr, "%s: round %u%s: %" PRIu64 " frames, %" PRIu64 " sections, %" PRIu64 " runs, %" PRIu64 " bytes\n",
                who, r.round, r.round == 0 ? " (full state)" : final_round ? " (stop-and-copy)" : " (pre-copy delta)",
@@ -91,7 +83,7 @@ int RunSend(const SendOptions& o) {
       return 1;
     }
   }
-  Fd fd;
+  ScopedFd fd;
   if (!o.to.empty()) {
     auto c = TcpConnect(o.to, 5);
     if (!c.ok()) return Fail(c.status().message());
@@ -172,7 +164,7 @@ int RunRecv(const RecvOptions& o) {
     if (has.value()) return Status::Refused("VM '" + target + "' already exists in '" + o.db + "'");
     return Status::OK();
   };
-  Fd listener, fd;
+  ScopedFd listener, fd;
   if (!o.listen.empty()) {
     std::string bound;
     auto l = TcpListen(o.listen, &bound);

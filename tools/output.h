@@ -3,6 +3,8 @@
 #ifndef CVMSTATE_TOOLS_OUTPUT_H_
 #define CVMSTATE_TOOLS_OUTPUT_H_
 
+#include <unistd.h>
+
 #include <cstdio>
 #include <string>
 
@@ -29,6 +31,17 @@ class OutputBuffer {
   std::FILE* file_;
   std::string buf_;
   bool ok_ = true;
+};
+
+// Owns a file descriptor: closes it when it goes out of scope.
+struct ScopedFd {
+  int fd = -1;
+  ScopedFd() = default;
+  ScopedFd(const ScopedFd&) = delete;
+  ScopedFd& operator=(const ScopedFd&) = delete;
+  ~ScopedFd() {
+    if (fd >= 0) ::close(fd);
+  }
 };
 
 // Prints "cvmstate: error: MSG" on stderr and returns 1.

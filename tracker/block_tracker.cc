@@ -6,16 +6,6 @@
 #include "cvmstate/listing.h"
 
 namespace cvmstate {
-namespace {
-
-std::string Hex(uint64_t v) {
-  std::string s;
-  AppendHex(&s, v);
-  return s;
-}
-
-}  // namespace
-
 bool BlockTracker::IsValidName(std::string_view name) {
   if (name.empty() || name.size() > 64) return false;
   for (char c : name) {

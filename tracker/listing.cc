@@ -14,6 +14,12 @@ void AppendHex(std::string* out, uint64_t v) {
   while (n > 0) out->push_back(buf[--n]);
 }
 
+std::string Hex(uint64_t v) {
+  std::string s;
+  AppendHex(&s, v);
+  return s;
+}
+
 void AppendListingLine(std::string* out, std::string_view name, uint64_t offset, uint64_t length,
                        PageState state) {
   out->append(name);

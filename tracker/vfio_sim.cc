@@ -5,16 +5,6 @@
 #include "cvmstate/listing.h"
 
 namespace cvmstate {
-namespace {
-
-std::string Hex(uint64_t v) {
-  std::string s;
-  AppendHex(&s, v);
-  return s;
-}
-
-}  // namespace
-
 class VfioContainer::BlockListener final : public DmaMappingListener {
  public:
   BlockListener(VfioContainer* c, BlockMaps* b) : c_(c), b_(b) {}

@@ -15,6 +15,8 @@ namespace cvmstate {
 
 // Appends "0x" and v in lowercase hexadecimal without leading zeros.
 void AppendHex(std::string* out, uint64_t v);
+// The same as a string, for messages.
+std::string Hex(uint64_t v);
 
 // Appends one listing line: "NAME 0xOFFSET 0xLENGTH STATE\n".
 void AppendListingLine(std::string* out, std::string_view name, uint64_t offset, uint64_t length,

@@ -178,6 +178,13 @@ std::string BackgroundProcess::Stderr() const { return ReadFile(err_); }
 
 std::string CvmstateBinary() { return CVMSTATE_BINARY; }
 
+ProcessResult RunCvmstate(std::vector<std::string> args, const std::string& stdout_path) {
+  args.insert(args.begin(), CvmstateBinary());
+  ProcessOptions o;
+  o.stdout_path = stdout_path;
+  return RunProcess(args, o);
+}
+
 std::string MakeTempDir() {
   const char* base = std::getenv("TMPDIR");
   std::string tmpl = std::string(base && *base ? base : "/tmp") + "/cvmstate-test-XXXXXX";

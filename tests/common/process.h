@@ -43,6 +43,10 @@ class BackgroundProcess {
   std::string out_, err_;
 };
 
+// Runs the cvmstate binary under test with args (stdout to a file if
+// stdout_path is set).
+ProcessResult RunCvmstate(std::vector<std::string> args, const std::string& stdout_path = "");
+
 // The cvmstate binary under test and a fresh empty directory for a test.
 std::string CvmstateBinary();
 std::string MakeTempDir();

@@ -10,10 +10,7 @@ class StoreCliTest : public ::testing::Test {
  protected:
   void SetUp() override { dir_ = MakeTempDir(); }
   ProcessResult Cvm(std::vector<std::string> args, const std::string& stdout_path = "") {
-    args.insert(args.begin(), CvmstateBinary());
-    ProcessOptions o;
-    o.stdout_path = stdout_path;
-    ProcessResult r = RunProcess(args, o);
+    ProcessResult r = RunCvmstate(std::move(args), stdout_path);
     EXPECT_EQ(r.signal, 0);
     return r;
   }
