@@ -49,6 +49,7 @@ Status MigrationSource::Begin(std::string_view nonce) {
                                           static_cast<uint8_t>(b.initial_state())));
     runs += b.CountRuns();
   }
+  blocks_ = vm_->num_blocks();
   auto hello = fbs::CreateHello(fb, kMagic, kFormatVersion, fb.CreateString(id_), fb.CreateVector(blocks), runs);
   fbs::FinishFrameBuffer(fb, fbs::CreateFrame(fb, seq_, fbs::Body::Hello, hello.Union()));
   Status s = WriteFrame(sink_, fb, seq_++, send_key_, &bytes_);
@@ -61,6 +62,9 @@ Status MigrationSource::Begin(std::string_view nonce) {
 Result<RoundStats> MigrationSource::SendRound() { return SendSections(/*full=*/false); }
 
 Result<RoundStats> MigrationSource::SendSections(bool full) {
+  if (vm_->num_blocks() != blocks_) {
+    return Status::InvalidArgument("the VM gained blocks during its migration; the destination does not know them");
+  }
   RoundStats st;
   st.round = static_cast<uint32_t>(rounds_.size());
   const uint64_t bytes0 = bytes_;

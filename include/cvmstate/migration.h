@@ -77,8 +77,9 @@ struct RoundStats {
 
 class MigrationSource {
  public:
-  // vm must outlive the source; its change journal is used (an epoch is
-  // opened at Begin and at every round).
+  // vm must outlive the source and must not gain blocks while it streams;
+  // its change journal is used (an epoch is opened at Begin and at every
+  // round).
   MigrationSource(VmState* vm, std::string vm_id, ByteSink* sink);
 
   // Authenticates every frame with keys derived from `key` (see
@@ -115,6 +116,7 @@ class MigrationSource {
   uint64_t seq_ = 0;
   uint64_t epoch_ = 0;
   uint64_t bytes_ = 0;
+  size_t blocks_ = 0;  // blocks announced in the hello
   std::vector<RoundStats> rounds_;
 };
 
