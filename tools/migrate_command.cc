@@ -212,7 +212,11 @@ int RunRecv(const RecvOptions& o) {
   }
   // Commit, then replay shared runs to the DMA-mapping listener and private
   // runs to the memory-attribute listener, then acknowledge.
+  using Clock = std::chrono::steady_clock;
+  auto ms = [](Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
+  const Clock::time_point verified = Clock::now();
   auto bytes = store.value()->CommitFull(target, vm.value(), 1);
+  const Clock::time_point committed = Clock::now();
   if (!bytes.ok()) return fail(bytes.status().message());
   VfioContainer vfio(VfioContainer::Mode::kExtent, 0);
   std::vector<std::unique_ptr<DmaMappingListener>> dma;
@@ -234,12 +238,13 @@ int RunRecv(const RecvOptions& o) {
     (void)store.value()->DeleteVm(target);  // the source will not commit: neither do we
     return Fail("migration failed: cannot acknowledge to the source");
   }
-  const double downtime_ms =
-      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - dest.end_received()).count();
+  const Clock::time_point ready = Clock::now();
+  const double downtime_ms = ms(dest.end_received(), ready);
   for (size_t r = 0; r < dest.rounds().size(); ++r) PrintRound("recv", dest.rounds()[r], r + 1 == dest.rounds().size());
   std::fprintf(stderr, "recv: VM %s committed as '%s' (%" PRIu64 " bytes); %" PRIu64 " DMA mappings, %" PRIu64
-               " private ranges replayed; downtime %.1f ms\n",
-               id.c_str(), target.c_str(), bytes.value(), vfio.stats().mappings, private_ranges, downtime_ms);
+               " private ranges replayed; downtime %.1f ms (verify %.1f, commit %.1f, listeners and ack %.1f)\n",
+               id.c_str(), target.c_str(), bytes.value(), vfio.stats().mappings, private_ranges, downtime_ms,
+               ms(dest.end_received(), verified), ms(verified, committed), ms(committed, ready));
   std::fputs("ready\n", stdout);
   if (std::fflush(stdout) != 0) return Fail("cannot write to standard output");
   // Listeners are unregistered before they go away (their mappings stay:

@@ -542,14 +542,27 @@ bool RunMap::Cursor::NextPiece(Run* out) {
   if (pos_ >= end_) return false;
   const Entry& e = map_.dir_[entry_];
   const uint64_t ebegin = map_.ChunkBegin(map_.EntryFirstChunk(entry_));
-  const uint64_t eend = std::min(map_.ChunkBegin(map_.EntryEndChunk(entry_)), map_.pages_);
+  uint64_t eend = std::min(map_.ChunkBegin(map_.EntryEndChunk(entry_)), map_.pages_);
   uint64_t pend;
   unsigned st;
   switch (e.kind) {
-    case kUniform:
+    case kUniform: {
+      // A stretch of uniform entries in one state is one piece: walking a
+      // mostly uniform terabyte costs its runs, not its chunks.
       st = e.state;
+      size_t last = entry_;
+      const auto& dir = map_.dir_;
+      while (last + 1 < dir.size() && dir[last + 1].kind == kUniform && dir[last + 1].state == st &&
+             map_.ChunkBegin(map_.EntryFirstChunk(last + 1)) < end_) {
+        ++last;
+      }
+      if (last != entry_) {
+        entry_ = last;
+        eend = std::min(map_.ChunkBegin(map_.EntryEndChunk(last)), map_.pages_);
+      }
       pend = eend;
       break;
+    }
     case kList: {
       const uint16_t* starts = Starts(e);
       if (list_index_ == UINT32_MAX) {
