@@ -17,7 +17,7 @@ namespace {
 namespace fbs = cvmstate::schema;
 
 constexpr uint32_t kFormatVersion = 1;
-constexpr unsigned kChunkShift = 16;  // 65536 pages a chunk in the store
+constexpr unsigned kChunkShift = 17;  // 512 MiB of 4 KiB pages a record: fewer, larger records
 constexpr size_t kMaxManifestBytes = size_t{64} << 20;
 constexpr size_t kMaxRecordBytes = size_t{4} << 20;
 constexpr uint8_t kDetailed = 3;  // a stretch of chunks that have records

@@ -240,7 +240,7 @@ int RunDemo(const DemoOptions& o) {
               static_cast<double>(shared_pages) / static_cast<double>(std::max<uint64_t>(1, shared_runs)),
               shared_pages > 65535 ? "over" : "under");
   std::printf("\n  %" PRIu64 " synced checkpoints to RocksDB, one every %" PRIu64 " conversions: first %s, last %s\n"
-              "    (a zstd run-length record per changed 256 MiB chunk, plus a manifest)\n",
+              "    (a zstd run-length record per changed 512 MiB chunk, plus a manifest)\n",
               checkpoints, kOps / 8, Bytes(static_cast<double>(first_checkpoint)).c_str(),
               Bytes(static_cast<double>(checkpoint_bytes)).c_str());
 
