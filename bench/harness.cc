@@ -73,9 +73,10 @@ Status ParseTraceFile(const std::string& path, ParsedTrace* out) {
         out->blocks.push_back({d.name, b->size() >> b->page_shift(), b->page_shift(), d.state});
       }
     } else if (s.ok() && d.kind == TraceDirective::Kind::kConvert) {
-      const BlockTracker* b = vm.Find(d.name);
-      s = b == nullptr ? Status::InvalidArgument("unknown block '" + d.name + "'") : b->ValidateRange(d.offset, d.size);
-      if (s.ok()) {
+      auto checked = CheckConversion(d, vm);
+      s = checked.status();
+      if (checked.ok()) {
+        const BlockTracker* b = checked.value();
         out->ops.push_back({static_cast<uint32_t>(vm.IndexOf(d.name)), d.state, d.offset >> b->page_shift(),
                             (d.offset + d.size) >> b->page_shift()});
       }

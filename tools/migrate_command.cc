@@ -54,8 +54,7 @@ Status LoadTraceConversions(const std::string& path, const VmState& vm, std::vec
         s = Status::InvalidArgument("block '" + d.name + "' does not match a block of the VM being migrated");
       }
     } else if (s.ok() && d.kind == TraceDirective::Kind::kConvert) {
-      const BlockTracker* b = vm.Find(d.name);
-      s = b == nullptr ? Status::InvalidArgument("unknown block '" + d.name + "'") : b->ValidateRange(d.offset, d.size);
+      s = CheckConversion(d, vm).status();
       if (s.ok()) out->push_back(std::move(d));
     }
     if (!s.ok()) return Status::InvalidArgument(path + ":" + std::to_string(reader.line_number()) + ": error: " + s.message());

@@ -51,13 +51,10 @@ class Replayer {
         return s;
       }
       case TraceDirective::Kind::kConvert: {
-        BlockTracker* b = vm_.Find(d.name);
-        if (b == nullptr) {
-          return Status::InvalidArgument("unknown block '" + d.name + "' (declare it with a 'block' line first)");
-        }
-        if (!impl_) return b->Convert(d.offset, d.size, d.state);
-        Status s = b->ValidateRange(d.offset, d.size);
-        if (!s.ok()) return s;
+        if (!impl_) return ApplyTraceDirective(d, &vm_);
+        auto checked = CheckConversion(d, vm_);
+        if (!checked.ok()) return checked.status();
+        const BlockTracker* b = checked.value();
         impl_->Assign(static_cast<size_t>(vm_.IndexOf(d.name)), d.offset >> b->page_shift(),
                       (d.offset + d.size) >> b->page_shift(), d.state);
         return Status::OK();

@@ -146,16 +146,24 @@ Status ParseTraceLine(std::string_view line, TraceDirective* out) {
   return Status::OK();
 }
 
+Result<const BlockTracker*> CheckConversion(const TraceDirective& d, const VmState& vm) {
+  const BlockTracker* b = vm.Find(d.name);
+  if (b == nullptr) {
+    return Status::InvalidArgument("unknown block '" + d.name + "' (declare it with a 'block' line first)");
+  }
+  Status s = b->ValidateRange(d.offset, d.size);
+  if (!s.ok()) return s;
+  return b;
+}
+
 Status ApplyTraceDirective(const TraceDirective& d, VmState* vm) {
   switch (d.kind) {
     case TraceDirective::Kind::kBlock:
       return vm->AddBlock(d.name, d.size, d.page_size, d.state);
     case TraceDirective::Kind::kConvert: {
-      BlockTracker* b = vm->Find(d.name);
-      if (b == nullptr) {
-        return Status::InvalidArgument("unknown block '" + d.name + "' (declare it with a 'block' line first)");
-      }
-      return b->Convert(d.offset, d.size, d.state);
+      auto b = CheckConversion(d, *vm);
+      if (!b.ok()) return b.status();
+      return vm->Find(d.name)->Convert(d.offset, d.size, d.state);
     }
     default:
       return Status::OK();

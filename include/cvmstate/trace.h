@@ -34,6 +34,11 @@ struct TraceDirective {
 // comment-only lines give kEmpty.
 Status ParseTraceLine(std::string_view line, TraceDirective* out);
 
+// For a kConvert directive: the block it names, once its range has been
+// checked against that block (SPEC.md section 2). InvalidArgument saying
+// what is wrong otherwise (unknown block, alignment, bounds, overflow).
+Result<const BlockTracker*> CheckConversion(const TraceDirective& d, const VmState& vm);
+
 // Applies a parsed directive: declares a block or converts a range, with
 // every rule of SPEC.md section 2. On error vm is unchanged. kCheckpoint
 // and kEmpty do nothing here (the caller owns checkpoints).

@@ -11,15 +11,15 @@
 
 #include "cvmstate/migration.h"
 
-#include "process.h"
+#include "cvmstate_test.h"
 
 namespace cvmstate::testing {
 namespace {
 
-class CrossHostTest : public ::testing::Test {
+class CrossHostTest : public CvmstateTest {
  protected:
   void SetUp() override {
-    dir_ = MakeTempDir();
+    CvmstateTest::SetUp();
     // A source store holding a realistic VM, and a live trace for it.
     const std::string base = dir_ + "/base.trace";
     ASSERT_EQ(Cvm({"gen", "--profile", "steady", "--size", "256G", "--ops", "20000", "--seed", "4"}, base).exit_code, 0);
@@ -39,11 +39,6 @@ class CrossHostTest : public ::testing::Test {
     src_before_ = Dump(dir_ + "/src");
     ASSERT_FALSE(src_before_.empty());
   }
-  ProcessResult Cvm(std::vector<std::string> args, const std::string& stdout_path = "") {
-    ProcessResult r = RunCvmstate(std::move(args), stdout_path);
-    EXPECT_EQ(r.signal, 0);
-    return r;
-  }
   std::string Dump(const std::string& db, const std::string& vm = "g") {
     ProcessResult r = Cvm({"dump", "--db", db, "--vm", vm, "--format", "runs"});
     return r.exit_code == 0 ? r.out : "";
@@ -54,7 +49,7 @@ class CrossHostTest : public ::testing::Test {
     size_t at = err.find("listening on ") + 13;
     return err.substr(at, err.find('\n', at) - at);
   }
-  std::string dir_, src_before_;
+  std::string src_before_;
 };
 
 TEST_F(CrossHostTest, LiveMigrationOverLoopbackTcp) {

@@ -1,21 +1,12 @@
 // replay --db and dump as operators and scripts use them.
 #include <gtest/gtest.h>
 
-#include "process.h"
+#include "cvmstate_test.h"
 
 namespace cvmstate::testing {
 namespace {
 
-class StoreCliTest : public ::testing::Test {
- protected:
-  void SetUp() override { dir_ = MakeTempDir(); }
-  ProcessResult Cvm(std::vector<std::string> args, const std::string& stdout_path = "") {
-    ProcessResult r = RunCvmstate(std::move(args), stdout_path);
-    EXPECT_EQ(r.signal, 0);
-    return r;
-  }
-  std::string dir_;
-};
+class StoreCliTest : public CvmstateTest {};
 
 TEST_F(StoreCliTest, ReplayCommitsAndDumpShowsIt) {
   const std::string trace = dir_ + "/s.trace", db = dir_ + "/db";

@@ -6,7 +6,7 @@
 #include <map>
 #include <sstream>
 
-#include "process.h"
+#include "cvmstate_test.h"
 
 namespace cvmstate::testing {
 namespace {
@@ -47,16 +47,7 @@ std::map<std::string, std::vector<std::pair<uint64_t, uint64_t>>> Coverage(const
   return out;
 }
 
-class VfioCliTest : public ::testing::Test {
- protected:
-  void SetUp() override { dir_ = MakeTempDir(); }
-  ProcessResult Cvm(std::vector<std::string> args, const std::string& stdout_path = "") {
-    ProcessResult r = RunCvmstate(std::move(args), stdout_path);
-    EXPECT_EQ(r.signal, 0);
-    return r;
-  }
-  std::string dir_;
-};
+class VfioCliTest : public CvmstateTest {};
 
 TEST_F(VfioCliTest, ExtentCoversSharedPagesWithTwentyTimesFewerMappings) {
   for (const char* profile : {"steady", "boot"}) {
