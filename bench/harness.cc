@@ -61,11 +61,8 @@ Status ParseTraceFile(const std::string& path, ParsedTrace* out) {
   Status s = reader.Open(path);
   if (!s.ok()) return s;
   VmState vm;
-  std::string_view line;
-  bool too_long;
-  while (reader.Next(&line, &too_long)) {
-    TraceDirective d;
-    s = too_long ? Status::InvalidArgument("line too long") : ParseTraceLine(line, &d);
+  TraceDirective d;
+  while (reader.NextDirective(&d, &s)) {
     if (s.ok() && d.kind == TraceDirective::Kind::kBlock) {
       s = vm.AddBlock(d.name, d.size, d.page_size, d.state);
       if (s.ok()) {

@@ -43,11 +43,8 @@ Status LoadTraceConversions(const std::string& path, const VmState& vm, std::vec
   TraceReader reader;
   Status s = reader.Open(path);
   if (!s.ok()) return s;
-  std::string_view line;
-  bool too_long;
-  while (reader.Next(&line, &too_long)) {
-    TraceDirective d;
-    s = too_long ? Status::InvalidArgument("line too long") : ParseTraceLine(line, &d);
+  TraceDirective d;
+  while (reader.NextDirective(&d, &s)) {
     if (s.ok() && d.kind == TraceDirective::Kind::kBlock) {
       const BlockTracker* b = vm.Find(d.name);
       if (b == nullptr || b->size() != d.size || b->page_size() != d.page_size) {

@@ -188,16 +188,8 @@ int RunReplay(const ReplayOptions& o) {
     if (!store.ok()) return Fail(store.status().message());
     replayer.AttachStore(std::move(store).value(), o.vm);
   }
-  std::string_view line;
-  bool too_long = false;
-  while (reader.Next(&line, &too_long)) {
-    TraceDirective d;
-    if (too_long) {
-      s = Status::InvalidArgument("line longer than " + std::to_string(TraceReader::kMaxLineLength) +
-                                  " characters");
-    } else {
-      s = ParseTraceLine(line, &d);
-    }
+  TraceDirective d;
+  while (reader.NextDirective(&d, &s)) {
     bool fatal = false;
     if (s.ok()) s = replayer.Apply(d, &fatal);
     if (s.ok() && d.kind == TraceDirective::Kind::kCheckpoint) {

@@ -213,4 +213,14 @@ bool TraceReader::Next(std::string_view* line, bool* too_long) {
   return true;
 }
 
+bool TraceReader::NextDirective(TraceDirective* d, Status* parsed) {
+  std::string_view line;
+  bool too_long = false;
+  if (!Next(&line, &too_long)) return false;
+  *d = TraceDirective{};
+  *parsed = too_long ? Status::InvalidArgument("line longer than " + std::to_string(kMaxLineLength) + " characters")
+                     : ParseTraceLine(line, d);
+  return true;
+}
+
 }  // namespace cvmstate

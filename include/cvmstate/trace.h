@@ -62,6 +62,10 @@ class TraceReader {
   // (then read_status() says which). *line stays valid until the next call.
   // A line that is too long yields *too_long = true and an empty view.
   bool Next(std::string_view* line, bool* too_long);
+  // Reads and parses the next line: false at end of file or on a read
+  // error; otherwise *parsed is OK with *d filled in, or says why the line
+  // is invalid (including a line that is too long).
+  bool NextDirective(TraceDirective* d, Status* parsed);
   uint64_t line_number() const { return line_number_; }
   const Status& read_status() const { return read_status_; }
 
