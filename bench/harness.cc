@@ -1,4 +1,4 @@
-#include "harness.h"
+#include "bench/harness.h"
 
 #include <algorithm>
 #include <chrono>
@@ -6,9 +6,9 @@
 #include <cstdio>
 #include <thread>
 
-#include "cvmstate/trace.h"
-#include "cvmstate/vm_state.h"
-#include "impls.h"
+#include "text/trace.h"
+#include "tracker/vm_state.h"
+#include "bench/impls.h"
 
 namespace cvmstate::bench {
 namespace {

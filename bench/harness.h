@@ -7,8 +7,8 @@
 #include <string>
 #include <vector>
 
-#include "cvmstate/page_state.h"
-#include "cvmstate/status.h"
+#include "tracker/page_state.h"
+#include "tracker/status.h"
 
 namespace cvmstate::bench {
 

@@ -1,4 +1,4 @@
-#include "impls.h"
+#include "bench/impls.h"
 
 #include <malloc.h>
 

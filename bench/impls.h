@@ -10,8 +10,8 @@
 #include <string_view>
 #include <vector>
 
-#include "cvmstate/page_state.h"
-#include "cvmstate/status.h"
+#include "tracker/page_state.h"
+#include "tracker/status.h"
 
 namespace cvmstate::bench {
 

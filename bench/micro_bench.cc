@@ -4,7 +4,7 @@
 
 #include <memory>
 
-#include "impls.h"
+#include "bench/impls.h"
 
 namespace cvmstate::bench {
 namespace {

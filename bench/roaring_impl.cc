@@ -5,7 +5,7 @@
 #include <memory>
 #include <vector>
 
-#include "impls.h"
+#include "bench/impls.h"
 
 namespace cvmstate::bench {
 

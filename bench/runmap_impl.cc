@@ -1,8 +1,8 @@
 #include <memory>
 #include <vector>
 
-#include "cvmstate/run_map.h"
-#include "impls.h"
+#include "tracker/run_map.h"
+#include "bench/impls.h"
 
 namespace cvmstate::bench {
 

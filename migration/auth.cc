@@ -1,4 +1,4 @@
-#include "auth.h"
+#include "migration/auth.h"
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -7,7 +7,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "cvmstate/migration.h"
+#include "migration/psk.h"
 
 namespace cvmstate {
 namespace migration_internal {

@@ -13,7 +13,7 @@
 #include <string>
 #include <string_view>
 
-#include "cvmstate/status.h"
+#include "tracker/status.h"
 
 namespace cvmstate::migration_internal {
 

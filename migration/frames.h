@@ -1,4 +1,5 @@
-// Frame framing shared by the two sides: u32 length, u32 CRC-32C, body.
+// Frame framing shared by the two sides: u32 length, u32 CRC-32C, body
+// (docs/stream-format.md). Internal to migration/.
 #ifndef CVMSTATE_MIGRATION_FRAMES_H_
 #define CVMSTATE_MIGRATION_FRAMES_H_
 
@@ -7,9 +8,11 @@
 #include <cstring>
 #include <string>
 
-#include "auth.h"
-#include "cvmstate/migration.h"
 #include "cvmstate/schema/migration_generated.h"
+#include "migration/auth.h"
+#include "migration/byte_stream.h"
+#include "migration/crc32c.h"
+#include "migration/raw_frame.h"
 
 namespace cvmstate::migration_internal {
 
@@ -43,18 +46,13 @@ inline Status WriteFrame(ByteSink* sink, const flatbuffers::FlatBufferBuilder& f
   return sink->Write(out);
 }
 
-struct RawFrame {
-  std::string body;
-  std::string mac;  // empty when the frame is not authenticated
-};
-
 // Reads one frame: the length is checked against max before anything is
 // allocated, then the body, its CRC, the verifier and the identifier. The
 // MAC, if any, is returned for the caller to check.
 inline Status ReadFrame(ByteSource* in, size_t max, uint64_t index, RawFrame* f, uint64_t* bytes) {
   unsigned char h[kHeaderBytes];
   Status s = in->Read(h, sizeof h);
-  if (!s.ok()) return Status::IOError("frame " + std::to_string(index) + ": " + s.message());
+  if (!s.ok()) return s.WithPrefix("frame " + std::to_string(index) + ": ");
   const bool keyed = GetU32(h) & kKeyedBit;
   const uint32_t len = GetU32(h) & ~kKeyedBit, crc = GetU32(h + 4);
   if (len < 8 || len > max) {
@@ -64,11 +62,11 @@ inline Status ReadFrame(ByteSource* in, size_t max, uint64_t index, RawFrame* f,
   f->mac.assign(keyed ? kMacBytes : 0, '\0');
   if (keyed) {
     s = in->Read(f->mac.data(), kMacBytes);
-    if (!s.ok()) return Status::IOError("frame " + std::to_string(index) + ": " + s.message());
+    if (!s.ok()) return s.WithPrefix("frame " + std::to_string(index) + ": ");
   }
   f->body.resize(len);
   s = in->Read(f->body.data(), len);
-  if (!s.ok()) return Status::IOError("frame " + std::to_string(index) + ": " + s.message());
+  if (!s.ok()) return s.WithPrefix("frame " + std::to_string(index) + ": ");
   *bytes += kHeaderBytes + f->mac.size() + len;
   if (Crc32c(f->body.data(), len) != crc) return Status::Corruption("frame " + std::to_string(index) + ": checksum mismatch");
   auto* p = reinterpret_cast<const uint8_t*>(f->body.data());

@@ -1,7 +1,9 @@
-#include "cvmstate/chunk_codec.h"
-#include "cvmstate/state_digest.h"
-#include "auth.h"
-#include "frames.h"
+#include "migration/source.h"
+
+#include "codec/chunk_codec.h"
+#include "migration/auth.h"
+#include "migration/frames.h"
+#include "tracker/state_digest.h"
 
 namespace cvmstate {
 
@@ -15,7 +17,7 @@ Result<std::string> MigrationSource::ReadChallenge(ByteSource* from) {
   RawFrame f;
   uint64_t ignored = 0;
   Status s = ReadFrame(from, 1 << 12, 0, &f, &ignored);
-  if (!s.ok()) return Status::IOError("no challenge from the destination: " + s.message());
+  if (!s.ok()) return s.WithPrefix("no challenge from the destination: ");
   const fbs::Frame* frame = fbs::GetFrame(f.body.data());
   const fbs::Challenge* c = frame->body_as_Challenge();
   if (frame->seq() != 0 || c == nullptr || c->nonce() == nullptr || c->nonce()->size() != kNonceBytes) {
@@ -40,6 +42,15 @@ Status MigrationSource::Begin(std::string_view nonce) {
     Status s = WriteFrame(sink_, fb, seq_++, send_key_, &bytes_);
     if (!s.ok()) return s;
   }
+  Status s = SendHello();
+  if (!s.ok()) return s;
+  journal_.Attach(vm_);  // changes from here on belong to round 1
+  auto r = SendSections(/*full=*/true);
+  return r.ok() ? Status::OK() : r.status();
+}
+
+// Frame 1: the VM id and its blocks.
+Status MigrationSource::SendHello() {
   flatbuffers::FlatBufferBuilder fb;
   std::vector<flatbuffers::Offset<fbs::BlockDesc>> blocks;
   uint64_t runs = 0;
@@ -52,16 +63,13 @@ Status MigrationSource::Begin(std::string_view nonce) {
   blocks_ = vm_->num_blocks();
   auto hello = fbs::CreateHello(fb, kMagic, kFormatVersion, fb.CreateString(id_), fb.CreateVector(blocks), runs);
   fbs::FinishFrameBuffer(fb, fbs::CreateFrame(fb, seq_, fbs::Body::Hello, hello.Union()));
-  Status s = WriteFrame(sink_, fb, seq_++, send_key_, &bytes_);
-  if (!s.ok()) return s;
-  epoch_ = vm_->OpenEpoch();  // changes from here on belong to round 1
-  auto r = SendSections(/*full=*/true);
-  return r.ok() ? Status::OK() : r.status();
+  return WriteFrame(sink_, fb, seq_++, send_key_, &bytes_);
 }
 
 Result<RoundStats> MigrationSource::SendRound() { return SendSections(/*full=*/false); }
 
 Result<RoundStats> MigrationSource::SendSections(bool full) {
+  if (!journal_.attached()) return Status::InvalidArgument("the migration has not begun");
   if (vm_->num_blocks() != blocks_) {
     return Status::InvalidArgument("the VM gained blocks during its migration; the destination does not know them");
   }
@@ -72,9 +80,9 @@ Result<RoundStats> MigrationSource::SendSections(bool full) {
   std::vector<std::vector<PageRange>> todo(vm_->num_blocks());
   for (size_t i = 0; i < vm_->num_blocks(); ++i) {
     const BlockTracker& b = vm_->block(i);
-    todo[i] = full ? std::vector<PageRange>{{0, b.size() >> b.page_shift()}} : b.journal().ChangedSince(epoch_);
+    todo[i] = full ? std::vector<PageRange>{{0, b.size() >> b.page_shift()}} : journal_.Changed(b);
   }
-  epoch_ = vm_->OpenEpoch();
+  journal_.Advance();
   for (size_t i = 0; i < vm_->num_blocks(); ++i) {
     const BlockTracker& b = vm_->block(i);
     std::string raw;
@@ -157,7 +165,7 @@ Status MigrationSource::AwaitAck(ByteSource* from) {
   RawFrame f;
   uint64_t ignored = 0;
   Status s = ReadFrame(from, 1 << 16, 1, &f, &ignored);
-  if (!s.ok()) return Status::IOError("no acknowledgement from the destination: " + s.message());
+  if (!s.ok()) return s.WithPrefix("no acknowledgement from the destination: ");
   const fbs::Frame* frame = fbs::GetFrame(f.body.data());
   const fbs::Ack* ack = frame->body_as_Ack();
   if (frame->seq() != 1 || ack == nullptr) {

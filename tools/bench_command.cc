@@ -4,9 +4,9 @@
 #include <memory>
 #include <string>
 
-#include "commands.h"
-#include "harness.h"
-#include "output.h"
+#include "tools/commands.h"
+#include "bench/harness.h"
+#include "tools/output.h"
 
 namespace cvmstate::tools {
 namespace {

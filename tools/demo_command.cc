@@ -2,10 +2,11 @@
 //
 // A confidential VM (1 TiB, four blocks) converts pages with a DMA-mapping
 // and a memory-attribute listener attached, checkpoints to a RocksDB store,
-// then migrates live over loopback TCP to a destination process (this
-// program's `migrate recv`) while it keeps converting; the destination
-// rebuilds its DMA mappings before "resuming". Exit 0 only if the
-// destination's committed state equals the source's.
+// then migrates live over loopback TCP to a destination process while it
+// keeps converting; the destination runs the library's incoming sequence
+// (verify, commit, replay its DMA mappings and memory attributes,
+// acknowledge) before "resuming". Exit 0 only if the destination's committed
+// state equals the source's.
 #include <poll.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -20,33 +21,37 @@
 #include <memory>
 #include <string>
 
-#include "commands.h"
-#include "cvmstate/checkpoint_store.h"
-#include "cvmstate/kvm_attr_sim.h"
-#include "cvmstate/migration.h"
-#include "cvmstate/state_digest.h"
-#include "cvmstate/trace.h"
-#include "cvmstate/vfio_sim.h"
-#include "output.h"
-#include "workload.h"
+#include "migration/byte_stream.h"
+#include "migration/tcp.h"
+#include "session/incoming.h"
+#include "session/outgoing.h"
+#include "sim/kvm_attr_sim.h"
+#include "sim/vfio_sim.h"
+#include "store/checkpoint_store.h"
+#include "store/vm_checkpointer.h"
+#include "text/trace.h"
+#include "tools/commands.h"
+#include "tools/destination_listeners.h"
+#include "tools/human_bytes.h"
+#include "tools/output.h"
+#include "tools/workload.h"
+#include "tracker/state_digest.h"
 
 namespace cvmstate::tools {
 namespace {
 
 using Clock = std::chrono::steady_clock;
 
+constexpr uint64_t kGuest = uint64_t{1} << 40;
+constexpr uint64_t kOps = 100000, kLiveOps = 10000;
+constexpr int kRounds = 3;
+
 struct DemoOptions {
   std::string dir;
 };
 
-std::string Bytes(double b) {
-  static const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  int u = 0;
-  while (b >= 1024 && u < 4) b /= 1024, ++u;
-  char buf[32];
-  std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.1f %s", b, kUnits[u]);
-  return buf;
-}
+std::string Bytes(double b) { return HumanBytes(b); }
+std::string Bytes(uint64_t b) { return HumanBytes(static_cast<double>(b)); }
 
 double Ms(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
 
@@ -68,159 +73,186 @@ class Progress {
   bool tty_;
 };
 
-// The conversions of a generated trace, parsed once.
-std::vector<TraceDirective> Directives(const std::string& trace) {
-  std::vector<TraceDirective> out;
-  size_t pos = 0;
-  while (pos < trace.size()) {
-    size_t nl = trace.find('\n', pos);
-    if (nl == std::string::npos) nl = trace.size();
-    TraceDirective d;
-    if (ParseTraceLine(std::string_view(trace).substr(pos, nl - pos), &d).ok() && d.kind != TraceDirective::Kind::kEmpty) {
-      out.push_back(std::move(d));
-    }
-    pos = nl + 1;
-  }
-  return out;
+// The conversions of a generated workload, parsed once.
+Result<std::vector<TraceDirective>> Workload(const char* profile, uint64_t seed, uint64_t ops) {
+  std::string trace;
+  Status s = GenerateWorkload(profile, kGuest, seed, ops, &trace);
+  if (!s.ok()) return s;
+  return ParseTraceText(trace);
 }
 
-// The destination host: this program's `migrate recv` in a child process.
-class Destination {
+// What the destination process reports back through a pipe: fixed-size,
+// so the parent reads figures, not text.
+struct DestinationReport {
+  int ok = 0;
+  double verify_ms = 0, commit_ms = 0, replay_ms = 0, ack_ms = 0;
+  uint64_t dma_mappings = 0, private_ranges = 0, commit_bytes = 0;
+  char error[512] = "";
+};
+
+// The destination host: a child process that accepts one migration on a
+// socket the parent bound (so the parent knows the port) and runs the
+// library's incoming sequence into its own store.
+class DestinationHost {
  public:
+  // Forks the child; call before this process opens any store or thread.
   Status Start(const std::string& db) {
-    int err[2], out[2];
-    if (pipe(err) != 0 || pipe(out) != 0) return Status::IOError("pipe failed");
+    auto l = TcpListen("127.0.0.1:0", &address_);
+    if (!l.ok()) return l.status();
+    int report[2];
+    if (pipe(report) != 0) {
+      close(l.value());
+      return Status::IOError("pipe failed");
+    }
     pid_ = fork();
     if (pid_ < 0) return Status::IOError("fork failed");
     if (pid_ == 0) {
-      dup2(out[1], 1);
-      dup2(err[1], 2);
-      close(err[0]);
-      close(out[0]);
-      execl("/proc/self/exe", "cvmstate", "migrate", "recv", "--listen", "127.0.0.1:0", "--db", db.c_str(), "--timeout",
-            "30", static_cast<char*>(nullptr));
-      _exit(127);
+      close(report[0]);
+      _exit(Serve(l.value(), db, report[1]));
     }
-    close(err[1]);
-    close(out[1]);
-    err_ = err[0];
-    out_ = out[0];
-    // Its first line says where it listens.
-    std::string line;
-    while (ReadLine(err_, &line, 10000)) {
-      if (line.rfind("recv: listening on ", 0) == 0) {
-        port_ = line.substr(19);
-        return Status::OK();
-      }
-    }
-    return Status::IOError("the destination did not start listening");
+    close(l.value());
+    close(report[1]);
+    report_fd_ = report[0];
+    return Status::OK();
   }
-  const std::string& address() const { return port_; }
-  // Waits for it to end; collects its stdout and stderr.
-  int Wait(std::string* out, std::string* err) {
-    std::string line;
-    while (ReadLine(out_, &line, 60000)) *out += line + "\n";
-    while (ReadLine(err_, &line, 60000)) *err += line + "\n";
+  const std::string& address() const { return address_; }
+
+  // Waits for the child's report and its exit.
+  Status Wait(DestinationReport* r) {
+    size_t got = 0;
+    char* p = reinterpret_cast<char*>(r);
+    while (got < sizeof *r) {
+      pollfd pfd{report_fd_, POLLIN, 0};
+      if (poll(&pfd, 1, 60000) <= 0) break;
+      const ssize_t n = read(report_fd_, p + got, sizeof *r - got);
+      if (n <= 0) break;
+      got += static_cast<size_t>(n);
+    }
     int status = 0;
     waitpid(pid_, &status, 0);
     pid_ = -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    if (got != sizeof *r) return Status::IOError("the destination process ended without a report");
+    r->error[sizeof r->error - 1] = '\0';
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || !r->ok) return Status::IOError(r->error);
+    return Status::OK();
   }
-  ~Destination() {
+
+  ~DestinationHost() {
     if (pid_ > 0) {
       kill(pid_, SIGKILL);
       waitpid(pid_, nullptr, 0);
     }
-    if (err_ >= 0) close(err_);
-    if (out_ >= 0) close(out_);
+    if (report_fd_ >= 0) close(report_fd_);
   }
 
  private:
-  static bool ReadLine(int fd, std::string* line, int timeout_ms) {
-    line->clear();
-    char c;
-    for (;;) {
-      pollfd p{fd, POLLIN, 0};
-      if (poll(&p, 1, timeout_ms) <= 0) return false;
-      if (read(fd, &c, 1) != 1) return !line->empty();
-      if (c == '\n') return true;
-      line->push_back(c);
-    }
+  static int Serve(int listen_fd, const std::string& db, int report_fd) {
+    DestinationReport r;
+    Status s = Receive(listen_fd, db, &r);
+    r.ok = s.ok();
+    std::snprintf(r.error, sizeof r.error, "%s", s.message().c_str());
+    const bool sent = write(report_fd, &r, sizeof r) == static_cast<ssize_t>(sizeof r);
+    return s.ok() && sent ? 0 : 1;
   }
+  static Status Receive(int listen_fd, const std::string& db, DestinationReport* r) {
+    auto store = CheckpointStore::Open(db);
+    if (!store.ok()) return store.status();
+    auto fd = TcpAccept(listen_fd, 60);
+    if (!fd.ok()) return fd.status();
+    ScopedFd conn;
+    conn.fd = fd.value();
+    FdSource in(conn.fd, 30);
+    FdSink back(conn.fd);
+    IncomingOptions opt;
+    opt.reply = &back;
+    DestinationListeners listeners;
+    IncomingMigration incoming(store.value().get(), std::move(opt));
+    auto vm = incoming.Run(&in, [&](const BlockTracker& b) { return listeners.For(b); });
+    if (!vm.ok()) return vm.status();
+    const IncomingReport& ir = incoming.report();
+    r->verify_ms = ir.verify_ms;
+    r->commit_ms = ir.commit_ms;
+    r->replay_ms = ir.replay_ms;
+    r->ack_ms = ir.ack_ms;
+    r->commit_bytes = ir.commit_bytes;
+    r->dma_mappings = listeners.vfio().stats().mappings;
+    r->private_ranges = listeners.PrivateRanges();
+    listeners.Detach(&vm.value());
+    return Status::OK();
+  }
+
   pid_t pid_ = -1;
-  int err_ = -1, out_ = -1;
-  std::string port_;
+  int report_fd_ = -1;
+  std::string address_;
 };
 
-int RunDemo(const DemoOptions& o) {
-  constexpr uint64_t kGuest = uint64_t{1} << 40;
-  constexpr uint64_t kOps = 100000, kLiveOps = 10000;
-  std::string dir = o.dir;
-  bool temporary = false;
-  if (dir.empty()) {
-    std::string tmpl = (std::getenv("TMPDIR") ? std::string(std::getenv("TMPDIR")) : std::string("/tmp")) + "/cvmstate-demo-XXXXXX";
-    if (mkdtemp(tmpl.data()) == nullptr) return Fail("cannot create a temporary directory");
-    dir = tmpl;
-    temporary = true;
-  }
-  std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  if (std::filesystem::exists(dir + "/source") || std::filesystem::exists(dir + "/destination")) {
-    return Fail("'" + dir + "' already holds a demo; pass an empty --dir");
-  }
-  std::printf("cvmstate demo: a 1 TiB confidential VM (TDX/SNP-like) in %s\n\n", dir.c_str());
-
-  // 1. The guest boots and runs: conversions with listeners attached.
-  std::string trace;
-  Status s = GenerateWorkload("steady", kGuest, 2026, kOps, &trace);
-  if (!s.ok()) return Fail(s.message());
-  std::vector<TraceDirective> ops = Directives(trace);
+// The source host's guest: its VM state with a DMA-mapping and a
+// memory-attribute listener on every block, checkpointed as it runs.
+struct SourceGuest {
   VmState vm;
-  VfioContainer vfio(VfioContainer::Mode::kExtent, 65535);
+  VfioContainer vfio{VfioContainer::Mode::kExtent, 65535};
   std::vector<std::unique_ptr<DmaMappingListener>> dma;
   std::vector<std::unique_ptr<KvmAttributeSim>> kvm;
-  auto store = CheckpointStore::Open(dir + "/source");
-  if (!store.ok()) return Fail(store.status().message());
-  VmCheckpointer checkpointer(store.value().get(), "guest1");
-  uint64_t conversions = 0, checkpoints = 0, checkpoint_bytes = 0, first_checkpoint = 0;
+  uint64_t conversions = 0, checkpoints = 0, first_checkpoint = 0, last_checkpoint = 0;
+  double run_ms = 0;
+
+  Status Declare(const TraceDirective& d) {
+    Status s = vm.AddBlock(d.name, d.size, d.page_size, d.state);
+    if (!s.ok()) return s;
+    BlockTracker* b = vm.Find(d.name);
+    dma.push_back(vfio.MakeListener(d.name, d.page_size));
+    kvm.push_back(std::make_unique<KvmAttributeSim>());
+    s = b->RegisterListener(dma.back().get(), 0, b->size());
+    return s.ok() ? b->RegisterListener(kvm.back().get(), 0, b->size()) : s;
+  }
+  // The source's listeners stay with the source host.
+  void DetachListeners() {
+    for (size_t i = 0; i < vm.num_blocks(); ++i) {
+      (void)vm.block(i).UnregisterListener(dma[i].get());
+      (void)vm.block(i).UnregisterListener(kvm[i].get());
+    }
+  }
+};
+
+// 1. The guest boots and runs: conversions with listeners attached, and a
+// synced checkpoint at every checkpoint line.
+Status RunGuest(const std::vector<TraceDirective>& ops, VmCheckpointer* checkpointer, SourceGuest* g) {
   Progress progress("running the guest");
   const auto t0 = Clock::now();
   for (size_t i = 0; i < ops.size(); ++i) {
     const TraceDirective& d = ops[i];
+    Status s;
     if (d.kind == TraceDirective::Kind::kBlock) {
-      s = vm.AddBlock(d.name, d.size, d.page_size, d.state);
-      if (s.ok()) {
-        BlockTracker* b = vm.Find(d.name);
-        dma.push_back(vfio.MakeListener(d.name, d.page_size));
-        kvm.push_back(std::make_unique<KvmAttributeSim>());
-        s = b->RegisterListener(dma.back().get(), 0, b->size());
-        if (s.ok()) s = b->RegisterListener(kvm.back().get(), 0, b->size());
-      }
+      s = g->Declare(d);
     } else if (d.kind == TraceDirective::Kind::kConvert) {
-      s = vm.Find(d.name)->Convert(d.offset, d.size, d.state);
-      ++conversions;
+      s = g->vm.Find(d.name)->Convert(d.offset, d.size, d.state);
+      ++g->conversions;
     } else if (d.kind == TraceDirective::Kind::kCheckpoint) {
-      auto c = checkpointer.CommitState(vm);
-      if (!c.ok()) return Fail(c.status().message());
-      ++checkpoints;
-      checkpoint_bytes = c->bytes;
-      if (first_checkpoint == 0) first_checkpoint = c->bytes;
+      auto c = checkpointer->CommitState(g->vm);
+      if (!c.ok()) return c.status();
+      ++g->checkpoints;
+      g->last_checkpoint = c->bytes;
+      if (g->first_checkpoint == 0) g->first_checkpoint = c->bytes;
     }
-    if (!s.ok()) return Fail("demo workload: " + s.message());
+    if (!s.ok()) return s.WithPrefix("demo workload: ");
     progress.Update(i + 1, ops.size());
   }
-  const double run_ms = Ms(t0);
+  g->run_ms = Ms(t0);
+  return Status::OK();
+}
+
+void PrintGuestFigures(const SourceGuest& g) {
+  const VmState& vm = g.vm;
   uint64_t pages = 0, runs = 0, shared_pages = 0, shared_runs = 0;
   std::printf("  %" PRIu64 " conversions in %.0f ms (%.0f ns each, DMA and memory-attribute listeners attached)\n",
-              conversions, run_ms, run_ms * 1e6 / static_cast<double>(conversions));
+              g.conversions, g.run_ms, g.run_ms * 1e6 / static_cast<double>(g.conversions));
   std::printf("\n  %-16s %10s %12s %12s %12s %8s\n", "block", "size", "shared", "private", "discarded", "runs");
   for (size_t i = 0; i < vm.num_blocks(); ++i) {
     const BlockTracker& b = vm.block(i);
     const uint64_t r = b.CountRuns();
-    std::printf("  %-16s %10s %12s %12s %12s %8" PRIu64 "\n", b.name().c_str(), Bytes(static_cast<double>(b.size())).c_str(),
-                Bytes(static_cast<double>(b.BytesIn(PageState::kShared))).c_str(),
-                Bytes(static_cast<double>(b.BytesIn(PageState::kPrivate))).c_str(),
-                Bytes(static_cast<double>(b.BytesIn(PageState::kDiscarded))).c_str(), r);
+    std::printf("  %-16s %10s %12s %12s %12s %8" PRIu64 "\n", b.name().c_str(), Bytes(b.size()).c_str(),
+                Bytes(b.BytesIn(PageState::kShared)).c_str(), Bytes(b.BytesIn(PageState::kPrivate)).c_str(),
+                Bytes(b.BytesIn(PageState::kDiscarded)).c_str(), r);
     pages += b.size() >> b.page_shift();
     runs += r;
     shared_pages += b.BytesIn(PageState::kShared) >> b.page_shift();
@@ -233,91 +265,136 @@ int RunDemo(const DemoOptions& o) {
               Bytes(static_cast<double>(pages) / 8).c_str());
   std::printf("    2-bit bitmap       %10s  (%.0fx the run map)\n", Bytes(static_cast<double>(pages) / 4).c_str(),
               static_cast<double>(pages) / 4 / mem);
-  std::printf("\n  DMA mappings for %s of shared memory:\n", Bytes(static_cast<double>(shared_pages * 4096)).c_str());
+  std::printf("\n  DMA mappings for %s of shared memory:\n", Bytes(shared_pages * 4096).c_str());
   std::printf("    extent mode (one per section) %8" PRIu64 " live, peak %" PRIu64 "  (type1 limit 65535)\n",
-              vfio.stats().mappings, vfio.stats().peak);
+              g.vfio.stats().mappings, g.vfio.stats().peak);
   std::printf("    per-page mapping (QEMU today) %8" PRIu64 "  -> %.0fx more, %s the limit\n", shared_pages,
               static_cast<double>(shared_pages) / static_cast<double>(std::max<uint64_t>(1, shared_runs)),
               shared_pages > 65535 ? "over" : "under");
   std::printf("\n  %" PRIu64 " synced checkpoints to RocksDB, one every %" PRIu64 " conversions: first %s, last %s\n"
               "    (a zstd run-length record per changed 512 MiB chunk, plus a manifest)\n",
-              checkpoints, kOps / 8, Bytes(static_cast<double>(first_checkpoint)).c_str(),
-              Bytes(static_cast<double>(checkpoint_bytes)).c_str());
+              g.checkpoints, kOps / 8, Bytes(g.first_checkpoint).c_str(), Bytes(g.last_checkpoint).c_str());
+}
 
-  // 2. Live migration to a destination process while the guest converts.
-  for (size_t i = 0; i < vm.num_blocks(); ++i) {  // the source's listeners stay with the source host
-    (void)vm.block(i).UnregisterListener(dma[i].get());
-    (void)vm.block(i).UnregisterListener(kvm[i].get());
-  }
-  auto c = checkpointer.CommitState(vm);
-  if (!c.ok()) return Fail(c.status().message());
-  std::string live_trace;
-  s = GenerateWorkload("steady", kGuest, 7, kLiveOps, &live_trace);
-  if (!s.ok()) return Fail(s.message());
-  std::vector<TraceDirective> live;
-  for (auto& d : Directives(live_trace)) {
-    if (d.kind == TraceDirective::Kind::kConvert) live.push_back(std::move(d));
-  }
-  Destination dest;
-  s = dest.Start(dir + "/destination");
-  if (!s.ok()) return Fail(s.message());
-  std::printf("\n  live migration to a destination process listening on %s:\n", dest.address().c_str());
-  auto fd = TcpConnect(dest.address(), 10);
-  if (!fd.ok()) return Fail(fd.status().message());
-  FdSink sink(fd.value());
-  MigrationSource src(&vm, "guest1", &sink);
-  FdSource challenge(fd.value(), 30);
-  auto nonce = MigrationSource::ReadChallenge(&challenge);
-  s = nonce.ok() ? src.Begin(nonce.value()) : nonce.status();
-  constexpr int kRounds = 3;
-  for (int r = 0; s.ok() && r < kRounds; ++r) {
-    for (size_t i = live.size() * r / kRounds; i < live.size() * (r + 1) / kRounds; ++i) {
-      s = vm.Find(live[i].name)->Convert(live[i].offset, live[i].size, live[i].state);
-      if (!s.ok()) break;
+// 2. Live migration to the destination process while the guest converts;
+// the source commits its final state once the destination is ready.
+Status MigrateLive(SourceGuest* g, const std::vector<TraceDirective>& live, const std::string& to, CheckpointStore* store,
+                   uint64_t sequence, OutgoingReport* report) {
+  auto fd = TcpConnect(to, 10);
+  if (!fd.ok()) return fd.status();
+  ScopedFd conn;
+  conn.fd = fd.value();
+  FdSink sink(conn.fd);
+  FdSource replies(conn.fd, 60), refusal(conn.fd, 2);
+  OutgoingOptions opt;
+  opt.rounds = kRounds;
+  opt.replies = &replies;
+  opt.refusal = &refusal;
+  opt.commit_to = store;
+  opt.commit_id = "guest1";
+  opt.commit_sequence = sequence;
+  auto between = [&](int r, bool) -> Status {
+    for (size_t i = live.size() * (r - 1) / kRounds; i < live.size() * r / kRounds; ++i) {
+      Status s = g->vm.Find(live[i].name)->Convert(live[i].offset, live[i].size, live[i].state);
+      if (!s.ok()) return s;
     }
-    if (!s.ok()) break;
-    auto round = r + 1 == kRounds ? src.Finish() : src.SendRound();
-    if (!round.ok()) s = round.status();
-  }
-  if (s.ok()) {
-    FdSource back(fd.value(), 60);
-    s = src.AwaitAck(&back);
-  }
-  close(fd.value());
-  std::string dest_out, dest_err;
-  const int dest_rc = dest.Wait(&dest_out, &dest_err);
-  if (!s.ok() || dest_rc != 0) {
-    return Fail("migration failed: " + (s.ok() ? dest_err : s.message()));
-  }
-  for (const RoundStats& r : src.rounds()) {
-    std::printf("    round %u %-18s %6" PRIu64 " runs %10s\n", r.round,
-                r.round == 0 ? "(full state)" : r.round + 1 == src.rounds().size() ? "(stop-and-copy)" : "(pre-copy)", r.runs,
-                Bytes(static_cast<double>(r.bytes)).c_str());
-  }
-  std::printf("    total %s on the wire, against %s for a 2-bit bitmap (%.0fx less)\n",
-              Bytes(static_cast<double>(src.total_bytes())).c_str(), Bytes(static_cast<double>(pages) / 4).c_str(),
-              static_cast<double>(pages) / 4 / static_cast<double>(src.total_bytes()));
-  const size_t at = dest_err.find("downtime ");
-  std::printf("    destination: verified, committed, DMA mappings and memory attributes rebuilt; %s",
-              at == std::string::npos ? "\n" : (dest_err.substr(at, dest_err.find('\n', at) - at) + "\n").c_str());
-  std::printf("    destination says: %s", dest_out.c_str());
-  auto final_commit = store.value()->CommitFull("guest1", vm, c->sequence + 1);
-  if (!final_commit.ok()) return Fail(final_commit.status().message());
+    return Status::OK();
+  };
+  return RunOutgoingMigration(&g->vm, "guest1", &sink, opt, between, report);
+}
 
-  // 3. The verdict: the destination's committed state against the source's.
-  auto dst_store = CheckpointStore::Open(dir + "/destination", /*read_only=*/true);
-  if (!dst_store.ok()) return Fail(dst_store.status().message());
+void PrintMigrationFigures(const SourceGuest& g, const OutgoingReport& out, const DestinationReport& in) {
+  uint64_t pages = 0;
+  for (size_t i = 0; i < g.vm.num_blocks(); ++i) pages += g.vm.block(i).size() >> g.vm.block(i).page_shift();
+  for (const RoundStats& r : out.rounds) {
+    std::printf("    round %u %-18s %6" PRIu64 " runs %10s\n", r.round,
+                r.round == 0 ? "(full state)" : r.round + 1 == out.rounds.size() ? "(stop-and-copy)" : "(pre-copy)",
+                r.runs, Bytes(r.bytes).c_str());
+  }
+  std::printf("    total %s on the wire, against %s for a 2-bit bitmap (%.0fx less)\n", Bytes(out.total_bytes).c_str(),
+              Bytes(static_cast<double>(pages) / 4).c_str(),
+              static_cast<double>(pages) / 4 / static_cast<double>(out.total_bytes));
+  std::printf("    destination: verified, committed, DMA mappings and memory attributes rebuilt; downtime %.1f ms "
+              "(verify %.1f, commit %.1f, listeners %.1f, ack %.1f)\n",
+              in.verify_ms + in.commit_ms + in.replay_ms + in.ack_ms, in.verify_ms, in.commit_ms, in.replay_ms,
+              in.ack_ms);
+  std::printf("    destination: %" PRIu64 " DMA mappings, %" PRIu64 " private ranges, %s committed: ready\n",
+              in.dma_mappings, in.private_ranges, Bytes(in.commit_bytes).c_str());
+}
+
+// 3. The verdict: the destination's committed state against the source's.
+Result<bool> SameState(const std::string& destination_db, const VmState& source) {
+  auto dst_store = CheckpointStore::Open(destination_db, /*read_only=*/true);
+  if (!dst_store.ok()) return dst_store.status();
   auto dst = dst_store.value()->Load("guest1");
-  if (!dst.ok()) return Fail(dst.status().message());
-  const bool same = ComputeStateDigest(dst.value()) == ComputeStateDigest(vm);
-  std::printf("\n  verdict: %s\n", same ? "the destination's state equals the source's, page for page: OK"
-                                       : "MISMATCH between destination and source");
+  if (!dst.ok()) return dst.status();
+  return ComputeStateDigest(dst.value()) == ComputeStateDigest(source);
+}
+
+Result<std::string> DemoDir(const DemoOptions& o, bool* temporary) {
+  std::string dir = o.dir;
+  *temporary = false;
+  if (dir.empty()) {
+    std::string tmpl = (std::getenv("TMPDIR") ? std::string(std::getenv("TMPDIR")) : std::string("/tmp")) +
+                       "/cvmstate-demo-XXXXXX";
+    if (mkdtemp(tmpl.data()) == nullptr) return Status::IOError("cannot create a temporary directory");
+    dir = tmpl;
+    *temporary = true;
+  }
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (std::filesystem::exists(dir + "/source") || std::filesystem::exists(dir + "/destination")) {
+    return Status::InvalidArgument("'" + dir + "' already holds a demo; pass an empty --dir");
+  }
+  return dir;
+}
+
+int RunDemo(const DemoOptions& o) {
+  bool temporary = false;
+  auto where = DemoDir(o, &temporary);
+  if (!where.ok()) return Fail(where.status().message());
+  const std::string dir = where.value();
+  std::printf("cvmstate demo: a 1 TiB confidential VM (TDX/SNP-like) in %s\n\n", dir.c_str());
+  auto ops = Workload("steady", 2026, kOps);
+  auto live = Workload("steady", 7, kLiveOps);
+  if (!ops.ok() || !live.ok()) return Fail((ops.ok() ? live.status() : ops.status()).message());
+  std::erase_if(live.value(), [](const TraceDirective& d) { return d.kind != TraceDirective::Kind::kConvert; });
+  // The destination host starts first, before this process opens a store.
+  DestinationHost dest;
+  Status s = dest.Start(dir + "/destination");
+  if (!s.ok()) return Fail(s.message());
+
+  SourceGuest guest;
+  {
+    auto store = CheckpointStore::Open(dir + "/source");
+    if (!store.ok()) return Fail(store.status().message());
+    VmCheckpointer checkpointer(store.value().get(), "guest1");
+    s = RunGuest(ops.value(), &checkpointer, &guest);
+    if (!s.ok()) return Fail(s.message());
+    PrintGuestFigures(guest);
+    guest.DetachListeners();
+    auto c = checkpointer.CommitState(guest.vm);
+    if (!c.ok()) return Fail(c.status().message());
+
+    std::printf("\n  live migration to a destination process listening on %s:\n", dest.address().c_str());
+    OutgoingReport out;
+    s = MigrateLive(&guest, live.value(), dest.address(), store.value().get(), c->sequence + 1, &out);
+    DestinationReport in;
+    Status ds = dest.Wait(&in);
+    if (!s.ok() || !ds.ok()) return Fail("migration failed: " + (ds.ok() ? s.message() : ds.message()));
+    PrintMigrationFigures(guest, out, in);
+  }
+  auto same = SameState(dir + "/destination", guest.vm);
+  if (!same.ok()) return Fail(same.status().message());
+  std::printf("\n  verdict: %s\n", same.value() ? "the destination's state equals the source's, page for page: OK"
+                                                 : "MISMATCH between destination and source");
   if (temporary) {
+    std::error_code ec;
     std::filesystem::remove_all(dir, ec);
   } else {
     std::printf("  inspect: cvmstate dump --db %s/destination --format svg --out map.svg\n", dir.c_str());
   }
-  return same ? 0 : 1;
+  return same.value() ? 0 : 1;
 }
 
 }  // namespace

@@ -11,13 +11,19 @@
 #include <memory>
 #include <string>
 
-#include "commands.h"
-#include "cvmstate/checkpoint_store.h"
-#include "cvmstate/listing.h"
-#include "cvmstate/migration.h"
-#include "cvmstate/state_digest.h"
-#include "output.h"
-#include "svg_map.h"
+#include "tools/commands.h"
+#include "store/checkpoint_store.h"
+#include "text/listing.h"
+#include "migration/byte_stream.h"
+#include "migration/crc32c.h"
+#include "migration/destination.h"
+#include "migration/psk.h"
+#include "migration/source.h"
+#include "migration/tcp.h"
+#include "tracker/state_digest.h"
+#include "tools/human_bytes.h"
+#include "tools/output.h"
+#include "tools/svg_map.h"
 
 namespace cvmstate::tools {
 namespace {
@@ -29,16 +35,6 @@ struct DumpOptions {
   std::string format = "summary";
   std::string out;
 };
-
-std::string HumanBytes(uint64_t v) {
-  static const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
-  double b = static_cast<double>(v);
-  int u = 0;
-  while (b >= 1024 && u < 6) b /= 1024, ++u;
-  char buf[32];
-  std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.1f %s", b, kUnits[u]);
-  return buf;
-}
 
 std::string JsonEscape(const std::string& s) {
   std::string o;
@@ -72,12 +68,12 @@ void Summary(const VmState& vm, const CheckpointInfo& info, std::string* out) {
     const BlockTracker& b = vm.block(i);
     auto cell = [&b](PageState s) {
       char c[64];
-      std::snprintf(c, sizeof c, "%s %5.1f%%", HumanBytes(b.BytesIn(s)).c_str(),
+      std::snprintf(c, sizeof c, "%s %5.1f%%", HumanBytes(static_cast<double>(b.BytesIn(s))).c_str(),
                     100.0 * static_cast<double>(b.BytesIn(s)) / static_cast<double>(b.size()));
       return std::string(c);
     };
     std::snprintf(line, sizeof line, "%-20s %10s %8s %18s %18s %18s %9" PRIu64 "\n", b.name().c_str(),
-                  HumanBytes(b.size()).c_str(), HumanBytes(b.page_size()).c_str(), cell(PageState::kShared).c_str(),
+                  HumanBytes(static_cast<double>(b.size())).c_str(), HumanBytes(static_cast<double>(b.page_size())).c_str(), cell(PageState::kShared).c_str(),
                   cell(PageState::kPrivate).c_str(), cell(PageState::kDiscarded).c_str(), b.CountRuns());
     out->append(line);
     // The largest shared runs: what a destination maps first.
@@ -94,7 +90,7 @@ void Summary(const VmState& vm, const CheckpointInfo& info, std::string* out) {
       for (const ByteRun& r : top) {
         out->append(" ");
         AppendHex(out, r.offset);
-        out->append(" (" + HumanBytes(r.length) + ")");
+        out->append(" (" + HumanBytes(static_cast<double>(r.length)) + ")");
       }
       out->append("\n");
     }

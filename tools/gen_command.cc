@@ -3,10 +3,10 @@
 #include <memory>
 #include <string>
 
-#include "commands.h"
-#include "cvmstate/trace.h"
-#include "output.h"
-#include "workload.h"
+#include "tools/commands.h"
+#include "text/trace.h"
+#include "tools/output.h"
+#include "tools/workload.h"
 
 namespace cvmstate::tools {
 namespace {

@@ -5,8 +5,8 @@
 #include <exception>
 #include <new>
 
-#include "commands.h"
-#include "output.h"
+#include "tools/commands.h"
+#include "tools/output.h"
 
 namespace cvmstate::tools {
 

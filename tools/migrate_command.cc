@@ -1,5 +1,6 @@
 // cvmstate migrate send | recv (SPEC.md section 4).
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -10,13 +11,17 @@
 #include <memory>
 #include <string>
 
-#include "commands.h"
-#include "cvmstate/checkpoint_store.h"
-#include "cvmstate/kvm_attr_sim.h"
-#include "cvmstate/migration.h"
-#include "cvmstate/trace.h"
-#include "cvmstate/vfio_sim.h"
-#include "output.h"
+#include "tracker/names.h"
+#include "tools/commands.h"
+#include "store/checkpoint_store.h"
+#include "migration/byte_stream.h"
+#include "migration/psk.h"
+#include "migration/tcp.h"
+#include "session/incoming.h"
+#include "session/outgoing.h"
+#include "text/trace.h"
+#include "tools/destination_listeners.h"
+#include "tools/output.h"
 
 namespace cvmstate::tools {
 namespace {
@@ -59,13 +64,30 @@ Status LoadTraceConversions(const std::string& path, const VmState& vm, std::vec
   return reader.read_status();
 }
 
-int RunSend(const SendOptions& o) {
-  std::string key;
-  if (!o.psk_file.empty()) {
-    auto k = LoadPskFile(o.psk_file);
-    if (!k.ok()) return Fail(k.status().message());
-    key = std::move(k).value();
+// After a refusal: stop sending, and read and drop what the source still
+// sends for at most `seconds` in all, so that it reads the reason.
+void DrainSocket(int fd, double seconds) {
+  shutdown(fd, SHUT_WR);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                                               std::chrono::duration<double>(seconds));
+  char buf[4096];
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return;
+    pollfd p{fd, POLLIN, 0};
+    if (poll(&p, 1, static_cast<int>(left.count())) <= 0) return;
+    if (read(fd, buf, sizeof buf) <= 0) return;
   }
+}
+
+Result<std::string> KeyFrom(const std::string& psk_file) {
+  if (psk_file.empty()) return std::string();
+  return LoadPskFile(psk_file);
+}
+
+int RunSend(const SendOptions& o) {
+  auto key = KeyFrom(o.psk_file);
+  if (!key.ok()) return Fail(key.status().message());
   auto store = CheckpointStore::Open(o.db);
   if (!store.ok()) return Fail(store.status().message());
   CheckpointInfo info;
@@ -88,80 +110,61 @@ int RunSend(const SendOptions& o) {
     fd.fd = open(o.to_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd.fd < 0) return Fail("cannot write '" + o.to_file + "': " + std::strerror(errno));
   }
-  // Over a network the destination opens with a fresh nonce to answer.
-  std::string nonce;
-  {
-    FdSource from(fd.fd, 30);
-    auto n = o.to.empty() ? MigrationSource::NewNonce() : MigrationSource::ReadChallenge(&from);
-    if (!n.ok()) return Fail("migration failed: " + n.status().message());
-    nonce = std::move(n).value();
-  }
   FdSink sink(fd.fd);
-  MigrationSource src(&vm.value(), o.vm, &sink);
-  src.SetKey(key);
-  // A destination that refuses says why in its acknowledgement: read it
-  // when our writes fail.
-  auto failed = [&](const Status& s) {
-    if (!o.to.empty() && s.code() == Status::Code::kIOError) {
-      FdSource from(fd.fd, 2);
-      Status ack = src.AwaitAck(&from);
-      if (ack.code() == Status::Code::kRefused) return Fail("migration failed: " + ack.message());
-    }
-    return Fail("migration failed: " + s.message());
-  };
-  Status s = src.Begin(nonce);
-  if (!s.ok()) return failed(s);
-  PrintRound("send", src.rounds().back(), false);
-  // The guest keeps converting: slice r of the trace runs during round r.
-  const size_t n = conversions.size();
-  for (int r = 0; r < o.rounds; ++r) {
-    for (size_t i = n * r / o.rounds; i < n * (r + 1) / o.rounds; ++i) {
-      const TraceDirective& d = conversions[i];
-      s = vm->Find(d.name)->Convert(d.offset, d.size, d.state);
-      if (!s.ok()) return Fail("conversion failed: " + s.message());
-    }
-    const bool last = r + 1 == o.rounds;
-    auto round = last ? src.Finish() : src.SendRound();
-    if (!round.ok()) return failed(round.status());
-    PrintRound("send", round.value(), last);
-  }
+  FdSource replies(fd.fd, 120), refusal(fd.fd, 2);
+  OutgoingOptions opt;
+  opt.rounds = o.rounds;
+  opt.key = key.value();
   if (!o.to.empty()) {
-    FdSource from(fd.fd, 120);
-    s = src.AwaitAck(&from);
-    if (!s.ok()) return Fail("migration failed: " + s.message());
-  } else if (fsync(fd.fd) != 0) {
-    return Fail("cannot write '" + o.to_file + "': " + std::strerror(errno));
+    opt.replies = &replies;
+    opt.refusal = &refusal;
+  } else {
+    opt.on_complete = [&]() -> Status {
+      if (fsync(fd.fd) != 0) return Status::IOError("cannot write '" + o.to_file + "': " + std::strerror(errno));
+      return Status::OK();
+    };
   }
-  // Acknowledged: only now does the source record its final state.
-  auto bytes = store.value()->CommitFull(o.vm, vm.value(), info.sequence + 1);
-  if (!bytes.ok()) return Fail("the destination has the VM, but the source could not commit: " + bytes.status().message());
+  opt.commit_to = store.value().get();
+  opt.commit_id = o.vm;
+  opt.commit_sequence = info.sequence + 1;
+  // The guest keeps converting: slice r-1 of the trace runs before round r.
+  const size_t n = conversions.size();
+  auto between = [&](int r, bool) -> Status {
+    for (size_t i = n * (r - 1) / o.rounds; i < n * r / o.rounds; ++i) {
+      const TraceDirective& d = conversions[i];
+      Status s = vm->Find(d.name)->Convert(d.offset, d.size, d.state);
+      if (!s.ok()) return s.WithPrefix("conversion failed: ");
+    }
+    return Status::OK();
+  };
+  OutgoingReport report;
+  Status s = RunOutgoingMigration(&vm.value(), o.vm, &sink, opt, between, &report);
+  for (size_t i = 0; i < report.rounds.size(); ++i) {
+    PrintRound("send", report.rounds[i], i == static_cast<size_t>(o.rounds));
+  }
+  if (!s.ok()) {
+    if (s.message().rfind("conversion failed: ", 0) == 0 || s.message().rfind("the destination has the VM", 0) == 0) {
+      return Fail(s.message());
+    }
+    if (o.to_file.size() && s.message().rfind("cannot write '", 0) == 0) return Fail(s.message());
+    return Fail("migration failed: " + s.message());
+  }
   uint64_t pages = 0;
   for (size_t i = 0; i < vm->num_blocks(); ++i) pages += vm->block(i).size() >> vm->block(i).page_shift();
   std::fprintf(stderr, "send: migrated VM %s: %" PRIu64 " bytes in %zu rounds (a 2-bit bitmap is %" PRIu64
                " bytes); source state committed (%" PRIu64 " bytes)\n",
-               o.vm.c_str(), src.total_bytes(), src.rounds().size(), pages / 4, bytes.value());
+               o.vm.c_str(), report.total_bytes, report.rounds.size(), pages / 4, report.commit_bytes);
   return 0;
 }
 
 int RunRecv(const RecvOptions& o) {
-  MigrationDestination::Options opt;
-  if (!o.psk_file.empty()) {
-    auto k = LoadPskFile(o.psk_file);
-    if (!k.ok()) return Fail(k.status().message());
-    opt.key = std::move(k).value();
-  }
+  auto key = KeyFrom(o.psk_file);
+  if (!key.ok()) return Fail(key.status().message());
   auto store = CheckpointStore::Open(o.db);
   if (!store.ok()) return Fail(store.status().message());
-  std::string target;
-  opt.accept_vm = [&](const std::string& id) -> Status {
-    target = o.vm.empty() ? id : o.vm;
-    auto has = store.value()->HasVm(target);
-    if (!has.ok()) return has.status();
-    if (has.value()) return Status::Refused("VM '" + target + "' already exists in '" + o.db + "'");
-    return Status::OK();
-  };
   ScopedFd listener, fd;
-  if (!o.listen.empty()) {
+  const bool network = !o.listen.empty();
+  if (network) {
     std::string bound;
     auto l = TcpListen(o.listen, &bound);
     if (!l.ok()) return Fail(l.status().message());
@@ -177,78 +180,28 @@ int RunRecv(const RecvOptions& o) {
   }
   FdSource in(fd.fd, o.timeout);
   FdSink back(fd.fd);
-  const bool network = !o.listen.empty();
-  if (network) {  // a fresh nonce the source must answer: no replays
-    auto nonce = MigrationSource::NewNonce();
-    if (!nonce.ok()) return Fail(nonce.status().message());
-    opt.expected_nonce = nonce.value();
-    Status s = MigrationDestination::SendChallenge(&back, nonce.value());
-    if (!s.ok()) return Fail("migration failed: " + s.message());
+  IncomingOptions opt;
+  opt.stream.key = key.value();
+  opt.commit_as = o.vm;
+  if (network) {
+    opt.reply = &back;
+    opt.drain = [&fd] { DrainSocket(fd.fd, 2.0); };
   }
-  MigrationDestination dest(opt);
-  auto fail = [&](const std::string& why) {
-    if (network && dest.SendAck(&back, false, why).ok()) {
-      // Let the source read the reason: stop sending, and drain what it
-      // still sends (closing with unread data would reset the connection
-      // and discard the acknowledgement).
-      shutdown(fd.fd, SHUT_WR);
-      FdSource drain(fd.fd, 2);
-      char sink[4096];
-      while (drain.Read(sink, 1).ok()) {
-      }
-    }
-    return Fail("migration failed: " + why);
-  };
-  std::string id;
-  auto vm = dest.Receive(&in, &id);
-  if (!vm.ok()) return fail(vm.status().message());
-  if (!network) {
-    char extra;
-    if (in.Read(&extra, 1).ok()) return fail("trailing bytes after the end frame");
-  }
-  // Commit, then replay shared runs to the DMA-mapping listener and private
-  // runs to the memory-attribute listener, then acknowledge.
-  using Clock = std::chrono::steady_clock;
-  auto ms = [](Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
-  const Clock::time_point verified = Clock::now();
-  auto bytes = store.value()->CommitFull(target, vm.value(), 1);
-  const Clock::time_point committed = Clock::now();
-  if (!bytes.ok()) return fail(bytes.status().message());
-  VfioContainer vfio(VfioContainer::Mode::kExtent, 0);
-  std::vector<std::unique_ptr<DmaMappingListener>> dma;
-  std::vector<std::unique_ptr<KvmAttributeSim>> kvm;
-  uint64_t private_ranges = 0;
-  for (size_t i = 0; i < vm->num_blocks(); ++i) {
-    BlockTracker& b = vm->block(i);
-    dma.push_back(vfio.MakeListener(b.name(), b.page_size()));
-    kvm.push_back(std::make_unique<KvmAttributeSim>());
-    Status s = b.RegisterListener(dma.back().get(), 0, b.size());
-    if (s.ok()) s = b.RegisterListener(kvm.back().get(), 0, b.size());
-    if (!s.ok()) {
-      (void)store.value()->DeleteVm(target);
-      return fail(s.message());
-    }
-    private_ranges += kvm.back()->ranges().size();
-  }
-  if (network && !dest.SendAck(&back, true, "ready").ok()) {
-    (void)store.value()->DeleteVm(target);  // the source will not commit: neither do we
-    return Fail("migration failed: cannot acknowledge to the source");
-  }
-  const Clock::time_point ready = Clock::now();
-  const double downtime_ms = ms(dest.end_received(), ready);
-  for (size_t r = 0; r < dest.rounds().size(); ++r) PrintRound("recv", dest.rounds()[r], r + 1 == dest.rounds().size());
+  DestinationListeners listeners;
+  IncomingMigration incoming(store.value().get(), std::move(opt));
+  auto vm = incoming.Run(&in, [&](const BlockTracker& b) { return listeners.For(b); });
+  if (!vm.ok()) return Fail("migration failed: " + vm.status().message());
+  const IncomingReport& r = incoming.report();
+  for (size_t i = 0; i < r.rounds.size(); ++i) PrintRound("recv", r.rounds[i], i + 1 == r.rounds.size());
   std::fprintf(stderr, "recv: VM %s committed as '%s' (%" PRIu64 " bytes); %" PRIu64 " DMA mappings, %" PRIu64
                " private ranges replayed; downtime %.1f ms (verify %.1f, commit %.1f, listeners and ack %.1f)\n",
-               id.c_str(), target.c_str(), bytes.value(), vfio.stats().mappings, private_ranges, downtime_ms,
-               ms(dest.end_received(), verified), ms(verified, committed), ms(committed, ready));
+               r.vm_id.c_str(), r.committed_as.c_str(), r.commit_bytes, listeners.vfio().stats().mappings,
+               listeners.PrivateRanges(), r.downtime_ms(), r.verify_ms, r.commit_ms, r.replay_ms + r.ack_ms);
   std::fputs("ready\n", stdout);
   if (std::fflush(stdout) != 0) return Fail("cannot write to standard output");
   // Listeners are unregistered before they go away (their mappings stay:
   // the guest resumes on them).
-  for (size_t i = 0; i < vm->num_blocks(); ++i) {
-    (void)vm->block(i).UnregisterListener(dma[i].get());
-    (void)vm->block(i).UnregisterListener(kvm[i].get());
-  }
+  listeners.Detach(&vm.value());
   return 0;
 }
 
@@ -306,7 +259,7 @@ void AddMigrateCommand(CLI::App& app, int* exit_code) {
       *exit_code = 2;
       return;
     }
-    if (!r->vm.empty() && !CheckpointStore::IsValidVmId(r->vm)) {
+    if (!r->vm.empty() && !IsValidVmId(r->vm)) {
       std::fprintf(stderr, "cvmstate: usage error: invalid --vm '%s'\n", r->vm.c_str());
       *exit_code = 2;
       return;

@@ -4,14 +4,16 @@
 #include <memory>
 #include <string>
 
-#include "commands.h"
-#include "cvmstate/checkpoint_store.h"
-#include "cvmstate/listing.h"
-#include "cvmstate/trace.h"
-#include "cvmstate/vfio_sim.h"
-#include "cvmstate/vm_state.h"
-#include "impls.h"
-#include "output.h"
+#include "tracker/names.h"
+#include "tools/commands.h"
+#include "store/checkpoint_store.h"
+#include "store/vm_checkpointer.h"
+#include "text/listing.h"
+#include "text/trace.h"
+#include "sim/vfio_sim.h"
+#include "tracker/vm_state.h"
+#include "bench/impls.h"
+#include "tools/output.h"
 
 namespace cvmstate::tools {
 namespace {
@@ -247,7 +249,7 @@ void AddReplayCommand(CLI::App& app, int* exit_code) {
   sub->add_option("--vfio-out", o->vfio_out, "Write the live mappings to FILE: NAME 0xOFFSET 0xLENGTH, sorted")
       ->needs(vfio);
   sub->callback([o, exit_code] {
-    if (!o->vm.empty() && !CheckpointStore::IsValidVmId(o->vm)) {
+    if (!o->vm.empty() && !IsValidVmId(o->vm)) {
       std::fprintf(stderr, "cvmstate: usage error: invalid --vm '%s' (1 to 64 of A-Z a-z 0-9 . _ : -)\n", o->vm.c_str());
       *exit_code = 2;
       return;

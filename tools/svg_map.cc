@@ -1,10 +1,12 @@
-#include "svg_map.h"
+#include "tools/svg_map.h"
 
 #include <algorithm>
 #include <array>
 #include <cinttypes>
 #include <cmath>
 #include <cstdio>
+
+#include "tools/human_bytes.h"
 
 namespace cvmstate::tools {
 namespace {
@@ -28,15 +30,6 @@ std::string Escape(const std::string& s) {
     else o.push_back(c);
   }
   return o;
-}
-
-std::string Size(double b) {
-  static const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
-  int u = 0;
-  while (b >= 1024 && u < 6) b /= 1024, ++u;
-  char buf[32];
-  std::snprintf(buf, sizeof buf, b == std::floor(b) ? "%.0f %s" : "%.1f %s", b, kUnits[u]);
-  return buf;
 }
 
 // A "nice" tick step in bytes giving 4 to 10 ticks over size.
@@ -84,7 +77,7 @@ void RenderSvgMap(const VmState& vm, const std::string& title, std::string* out)
     std::snprintf(buf, sizeof buf,
                   "<g><text x=\"%d\" y=\"%d\" text-anchor=\"end\" font-weight=\"bold\">%s</text>"
                   "<text x=\"%d\" y=\"%d\" text-anchor=\"end\" fill=\"#495057\">%s, %" PRIu64 " runs</text>\n",
-                  kLeft - 8, y + 15, Escape(b.name()).c_str(), kLeft - 8, y + 30, Size(static_cast<double>(b.size())).c_str(),
+                  kLeft - 8, y + 15, Escape(b.name()).c_str(), kLeft - 8, y + 30, HumanBytes(static_cast<double>(b.size()), true).c_str(),
                   b.CountRuns());
     out->append(buf);
     // Bytes per state in each column.
@@ -142,7 +135,7 @@ void RenderSvgMap(const VmState& vm, const std::string& title, std::string* out)
       std::snprintf(buf, sizeof buf,
                     "<line x1=\"%.1f\" y1=\"%d\" x2=\"%.1f\" y2=\"%d\" stroke=\"#343a40\"/>"
                     "<text x=\"%.1f\" y=\"%d\" text-anchor=\"middle\" font-size=\"10\" fill=\"#495057\">%s</text>\n",
-                    x, y + kBandHeight, x, y + kBandHeight + 5, x, y + kBandHeight + 17, Size(static_cast<double>(t)).c_str());
+                    x, y + kBandHeight, x, y + kBandHeight + 5, x, y + kBandHeight + 17, HumanBytes(static_cast<double>(t), true).c_str());
       out->append(buf);
       if (t + step < t) break;
     }

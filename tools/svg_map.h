@@ -10,7 +10,7 @@
 
 #include <string>
 
-#include "cvmstate/vm_state.h"
+#include "tracker/vm_state.h"
 
 namespace cvmstate::tools {
 

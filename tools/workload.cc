@@ -1,8 +1,8 @@
-#include "workload.h"
+#include "tools/workload.h"
 
 #include <algorithm>
 
-#include "cvmstate/listing.h"
+#include "text/listing.h"
 
 namespace cvmstate::tools {
 namespace {

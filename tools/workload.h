@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "cvmstate/status.h"
+#include "tracker/status.h"
 
 namespace cvmstate::tools {
 

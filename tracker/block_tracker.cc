@@ -1,27 +1,17 @@
-#include "cvmstate/block_tracker.h"
+#include "tracker/block_tracker.h"
 
 #include <algorithm>
 #include <bit>
 
-#include "cvmstate/listing.h"
+#include "tracker/format.h"
+#include "tracker/names.h"
 
 namespace cvmstate {
-bool BlockTracker::IsValidName(std::string_view name) {
-  if (name.empty() || name.size() > 64) return false;
-  for (char c : name) {
-    bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' ||
-              c == '_' || c == ':' || c == '/' || c == '-';
-    if (!ok) return false;
-  }
-  return true;
-}
-
 Result<std::unique_ptr<BlockTracker>> BlockTracker::Create(std::string name, uint64_t size,
                                                            uint64_t page_size, PageState initial,
                                                            unsigned chunk_shift) {
-  if (!IsValidName(name)) {
-    return Status::InvalidArgument("invalid block name '" + name +
-                                   "' (1 to 64 characters from A-Z a-z 0-9 . _ : / -)");
+  if (!IsValidBlockName(name)) {
+    return Status::InvalidArgument("invalid block name " + Quoted(name) + " (" + kBlockNameRule + ")");
   }
   if (!std::has_single_bit(page_size) || page_size < kMinPageSize || page_size > kMaxPageSize) {
     return Status::InvalidArgument("page size " + Hex(page_size) +

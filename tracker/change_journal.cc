@@ -1,21 +1,24 @@
-#include "cvmstate/change_journal.h"
+#include "tracker/change_journal.h"
 
 #include <algorithm>
 
 namespace cvmstate {
 namespace {
 
-// Sorts by begin and merges overlapping or adjacent ranges; the merged
-// entry keeps the newest epoch.
+// Sorts by begin and merges overlapping or adjacent ranges. Entries with
+// epochs merge only within one epoch, so that a reader never gets an older
+// epoch's range back as changed since a newer one (readers trim the old
+// epochs away, which keeps this small).
 template <typename E>
 void SortAndMerge(std::vector<E>* v) {
   std::sort(v->begin(), v->end(), [](const E& a, const E& b) { return a.begin < b.begin; });
   size_t out = 0;
   for (size_t i = 0; i < v->size(); ++i) {
-    if (out > 0 && (*v)[i].begin <= (*v)[out - 1].end) {
+    bool same_epoch = true;
+    if constexpr (requires { (*v)[i].epoch; }) same_epoch = out > 0 && (*v)[i].epoch == (*v)[out - 1].epoch;
+    if (out > 0 && same_epoch && (*v)[i].begin <= (*v)[out - 1].end) {
       E& last = (*v)[out - 1];
       last.end = std::max(last.end, (*v)[i].end);
-      if constexpr (requires { last.epoch; }) last.epoch = std::max(last.epoch, (*v)[i].epoch);
     } else {
       (*v)[out++] = (*v)[i];
     }

@@ -1,4 +1,4 @@
-#include "cvmstate/page_state.h"
+#include "tracker/page_state.h"
 
 namespace cvmstate {
 

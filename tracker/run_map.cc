@@ -1,4 +1,4 @@
-#include "cvmstate/run_map.h"
+#include "tracker/run_map.h"
 
 #include <algorithm>
 #include <bit>

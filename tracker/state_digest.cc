@@ -1,4 +1,4 @@
-#include "cvmstate/state_digest.h"
+#include "tracker/state_digest.h"
 
 namespace cvmstate {
 namespace {

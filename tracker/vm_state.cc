@@ -1,9 +1,13 @@
-#include "cvmstate/vm_state.h"
+#include "tracker/vm_state.h"
+
+#include <algorithm>
+
+#include "tracker/journal_reader.h"
 
 namespace cvmstate {
 
 Status VmState::AddBlock(std::string name, uint64_t size, uint64_t page_size, PageState initial) {
-  if (by_name_.count(name)) return Status::InvalidArgument("block '" + name + "' is already declared");
+  if (by_name_.count(name)) return Status::AlreadyExists("block '" + name + "' is already declared");
   auto block = BlockTracker::Create(std::move(name), size, page_size, initial);
   if (!block.ok()) return block.status();
   return AddBlock(std::move(block).value());
@@ -11,7 +15,7 @@ Status VmState::AddBlock(std::string name, uint64_t size, uint64_t page_size, Pa
 
 Status VmState::AddBlock(std::unique_ptr<BlockTracker> block) {
   if (by_name_.count(block->name())) {
-    return Status::InvalidArgument("block '" + block->name() + "' is already declared");
+    return Status::AlreadyExists("block '" + block->name() + "' is already declared");
   }
   if (epoch_ > 0) {
     block->EnableJournal();
@@ -44,6 +48,43 @@ uint64_t VmState::OpenEpoch() {
     b->journal().AdvanceTo(epoch_);
   }
   return epoch_;
+}
+
+VmState::~VmState() {
+  for (JournalReader* r : readers_) r->vm_ = nullptr;
+}
+
+VmState::VmState(VmState&& other) noexcept
+    : blocks_(std::move(other.blocks_)),
+      by_name_(std::move(other.by_name_)),
+      epoch_(other.epoch_),
+      readers_(std::move(other.readers_)) {
+  other.readers_.clear();
+  AdoptReaders();
+}
+
+VmState& VmState::operator=(VmState&& other) noexcept {
+  if (this == &other) return *this;
+  for (JournalReader* r : readers_) r->vm_ = nullptr;
+  blocks_ = std::move(other.blocks_);
+  by_name_ = std::move(other.by_name_);
+  epoch_ = other.epoch_;
+  readers_ = std::move(other.readers_);
+  other.readers_.clear();
+  AdoptReaders();
+  return *this;
+}
+
+void VmState::AdoptReaders() {
+  for (JournalReader* r : readers_) r->vm_ = this;
+}
+
+void VmState::TrimJournals() {
+  // With no reader left nothing needs the past; the journal keeps recording
+  // (a reader attaching later starts at a fresh epoch anyway).
+  uint64_t before = epoch_;
+  for (const JournalReader* r : readers_) before = std::min(before, r->since_);
+  for (auto& b : blocks_) b->journal().Trim(before);
 }
 
 size_t VmState::MemoryBytes() const {

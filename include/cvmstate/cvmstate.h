@@ -20,10 +20,12 @@
  *    cvmstate_store_load and cvmstate_store_commit of different VM ids may
  *    run concurrently on it.
  *
- * Error codes: -EINVAL invalid argument or range, -ENOENT no such block or
- * VM, -EEXIST name or VM id taken, -EBADMSG corrupted data or stream, -EIO
- * I/O failure or timeout, -EACCES authentication failed or refused, -ENOMEM;
- * a refusing listener's own (negative) code is returned as is.
+ * Error codes, one per kind of failure (never derived from a message):
+ * -EINVAL invalid argument or range, -ENOENT no such block or VM, -EEXIST
+ * name or VM id taken, -EBADMSG corrupted data or stream, -EIO I/O failure,
+ * -ETIMEDOUT a wait ran past its deadline, -EACCES authentication failed or
+ * the peer refused, -ECANCELED cancelled, -ENOMEM; a refusing listener's own
+ * (negative) code is returned as is.
  */
 #ifndef CVMSTATE_CVMSTATE_H_
 #define CVMSTATE_CVMSTATE_H_
@@ -178,8 +180,12 @@ CVMSTATE_API void cvmstate_source_free(cvmstate_source* src);
 
 /* The destination side: sends its challenge, then receives and verifies
  * the whole stream (each wait bounded by timeout_seconds) into a new vm
- * (*out). It does not acknowledge: commit and replay listeners first, then
- * call cvmstate_destination_ack. */
+ * (*out). It does not acknowledge: the destination's sequence is receive,
+ * cvmstate_store_commit, register listeners (which replays shared runs to
+ * DMA listeners and private runs to attribute listeners), then
+ * cvmstate_destination_ack; on a failure, cvmstate_destination_ack(dst, 0,
+ * reason) tells the source, which then commits nothing. These are the steps
+ * of the library's own incoming sequence, which the cvmstate program runs. */
 CVMSTATE_API int cvmstate_destination_new_fd(int fd, const char* psk_file, double timeout_seconds,
                                              cvmstate_destination** out);
 CVMSTATE_API int cvmstate_destination_new_io(const cvmstate_io* io, void* opaque, const char* psk_file,

@@ -11,7 +11,8 @@
 #include <string>
 #include <vector>
 
-#include "cvmstate/checkpoint_store.h"
+#include "store/checkpoint_store.h"
+#include "store/vm_checkpointer.h"
 
 namespace {
 

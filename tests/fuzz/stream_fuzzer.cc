@@ -5,7 +5,12 @@
 #include <cstring>
 #include <string>
 
-#include "cvmstate/migration.h"
+#include "migration/byte_stream.h"
+#include "migration/crc32c.h"
+#include "migration/destination.h"
+#include "migration/psk.h"
+#include "migration/source.h"
+#include "migration/tcp.h"
 
 namespace {
 

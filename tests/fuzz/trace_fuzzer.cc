@@ -3,8 +3,8 @@
 #include <cstdint>
 #include <string_view>
 
-#include "cvmstate/trace.h"
-#include "cvmstate/vm_state.h"
+#include "text/trace.h"
+#include "tracker/vm_state.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   cvmstate::VmState vm;

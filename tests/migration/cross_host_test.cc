@@ -9,7 +9,12 @@
 #include <chrono>
 #include <random>
 
-#include "cvmstate/migration.h"
+#include "migration/byte_stream.h"
+#include "migration/crc32c.h"
+#include "migration/destination.h"
+#include "migration/psk.h"
+#include "migration/source.h"
+#include "migration/tcp.h"
 
 #include "cvmstate_test.h"
 

@@ -1,6 +1,11 @@
 // The migration protocol in process: round trips through a socketpair,
 // delta sizes, and corruption sweeps over recorded streams.
-#include "cvmstate/migration.h"
+#include "migration/byte_stream.h"
+#include "migration/crc32c.h"
+#include "migration/destination.h"
+#include "migration/psk.h"
+#include "migration/source.h"
+#include "migration/tcp.h"
 
 #include <gtest/gtest.h>
 #include <sys/socket.h>
@@ -10,35 +15,16 @@
 #include <random>
 #include <thread>
 
-#include "cvmstate/listing.h"
-#include "cvmstate/state_digest.h"
+#include "text/listing.h"
+#include "tracker/state_digest.h"
 #include "process.h"
+#include "string_stream.h"
 
 namespace cvmstate {
 namespace {
 
-class StringSink : public ByteSink {
- public:
-  Status Write(std::string_view d) override {
-    data.append(d);
-    return Status::OK();
-  }
-  std::string data;
-};
-
-class StringSource : public ByteSource {
- public:
-  explicit StringSource(std::string_view d) : data_(d) {}
-  Status Read(void* buf, size_t n) override {
-    if (n > data_.size()) return Status::IOError("the stream ended in the middle of a frame");
-    std::memcpy(buf, data_.data(), n);
-    data_.remove_prefix(n);
-    return Status::OK();
-  }
-
- private:
-  std::string_view data_;
-};
+using testing::StringSink;
+using testing::StringSource;
 
 std::string Listing(const VmState& vm) {
   std::string s;
@@ -52,7 +38,7 @@ VmState RandomVm(std::mt19937_64& rng) {
   for (int i = 0; i < blocks; ++i) {
     const uint64_t page = rng() % 4 == 0 ? (2u << 20) : 4096;
     const uint64_t pages = 1 + rng() % 300000;
-    EXPECT_TRUE(vm.AddBlock("b" + std::to_string(i), pages * page, page, static_cast<PageState>(rng() % 3)).ok());
+    EXPECT_TRUE(vm.AddBlock(std::string("b").append(std::to_string(i)), pages * page, page, static_cast<PageState>(rng() % 3)).ok());
   }
   return vm;
 }

@@ -1,5 +1,6 @@
 // The persistent store: round trips, incremental size, corruption, crashes.
-#include "cvmstate/checkpoint_store.h"
+#include "store/checkpoint_store.h"
+#include "store/vm_checkpointer.h"
 
 #include <gtest/gtest.h>
 #include <rocksdb/db.h>
@@ -11,11 +12,11 @@
 #include <fstream>
 #include <random>
 
-#include "cvmstate/listing.h"
-#include "cvmstate/state_digest.h"
-#include "cvmstate/trace.h"
+#include "text/listing.h"
+#include "tracker/state_digest.h"
+#include "text/trace.h"
 #include "process.h"
-#include "workload.h"
+#include "tools/workload.h"
 
 namespace cvmstate {
 namespace {
@@ -344,6 +345,53 @@ TEST(CheckpointStoreTest, ClearErrorsForBadDirectories) {
   VmState vm;
   VmCheckpointer bad_id(first.value().get(), "no/slash");
   EXPECT_EQ(bad_id.CommitState(vm).status().code(), Status::Code::kInvalidArgument);
+}
+
+TEST(CheckpointStoreTest, RecordsCountOnlyRecordsWritten) {
+  const std::string dir = MakeTempDir();
+  auto store = CheckpointStore::Open(dir + "/db");
+  ASSERT_TRUE(store.ok());
+  VmState vm;
+  ASSERT_TRUE(vm.AddBlock("ram", uint64_t{1} << 34, 4096, PageState::kPrivate).ok());
+  VmCheckpointer cp(store.value().get(), "g");
+  ASSERT_TRUE(vm.block(0).Convert(0, 4096, PageState::kShared).ok());
+  auto first = cp.CommitState(vm);
+  ASSERT_TRUE(first.ok());
+  EXPECT_EQ(first->records, 1u);  // chunk 0 has two runs; the rest is uniform
+  // Chunk 0 turns uniform again: its record is deleted, none is written.
+  ASSERT_TRUE(vm.block(0).Convert(0, 4096, PageState::kPrivate).ok());
+  auto second = cp.CommitState(vm);
+  ASSERT_TRUE(second.ok());
+  EXPECT_EQ(second->records, 0u);
+  CheckpointInfo info;
+  ASSERT_TRUE(store.value()->Load("g", &info).ok());
+  EXPECT_EQ(info.records, 0u);
+}
+
+TEST(CheckpointStoreTest, ALongLivedVmsJournalStaysAsSmallAsItsLastChanges) {
+  const std::string dir = MakeTempDir();
+  auto store = CheckpointStore::Open(dir + "/db");
+  ASSERT_TRUE(store.ok());
+  VmState vm;
+  ASSERT_TRUE(vm.AddBlock("ram", uint64_t{1} << 40, 4096, PageState::kPrivate).ok());
+  VmCheckpointer cp(store.value().get(), "g");
+  ASSERT_TRUE(cp.CommitState(vm).ok());
+  std::mt19937_64 rng(3);
+  size_t most = 0;
+  for (int c = 0; c < 200; ++c) {
+    // Conversions all over the block, each checkpoint in other places.
+    for (int i = 0; i < 50; ++i) {
+      ASSERT_TRUE(vm.block(0).Convert((rng() % (uint64_t{1} << 28)) * 4096, 4096, PageState::kShared).ok());
+    }
+    ASSERT_TRUE(cp.CommitState(vm).ok());
+    most = std::max(most, vm.block(0).journal().ChangedSince(0).size());
+  }
+  // What was committed is forgotten: the journal never holds more than one
+  // checkpoint's changes (it held all 10,000 before).
+  EXPECT_LE(most, 50u);
+  auto loaded = store.value()->Load("g");
+  ASSERT_TRUE(loaded.ok()) << loaded.status().message();
+  EXPECT_EQ(ComputeStateDigest(loaded.value()), ComputeStateDigest(vm));
 }
 
 }  // namespace

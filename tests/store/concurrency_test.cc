@@ -9,9 +9,15 @@
 #include <random>
 #include <thread>
 
-#include "cvmstate/checkpoint_store.h"
-#include "cvmstate/migration.h"
-#include "cvmstate/state_digest.h"
+#include "store/checkpoint_store.h"
+#include "store/vm_checkpointer.h"
+#include "migration/byte_stream.h"
+#include "migration/crc32c.h"
+#include "migration/destination.h"
+#include "migration/psk.h"
+#include "migration/source.h"
+#include "migration/tcp.h"
+#include "tracker/state_digest.h"
 #include "process.h"
 
 namespace cvmstate {

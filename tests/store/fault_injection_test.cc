@@ -11,8 +11,9 @@
 #include <mutex>
 #include <random>
 
-#include "cvmstate/checkpoint_store.h"
-#include "cvmstate/listing.h"
+#include "store/checkpoint_store.h"
+#include "store/vm_checkpointer.h"
+#include "text/listing.h"
 #include "process.h"
 
 namespace cvmstate {

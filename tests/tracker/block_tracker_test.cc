@@ -1,11 +1,11 @@
-#include "cvmstate/block_tracker.h"
+#include "tracker/block_tracker.h"
 
 #include <gtest/gtest.h>
 
 #include <random>
 
-#include "cvmstate/listing.h"
-#include "cvmstate/vm_state.h"
+#include "text/listing.h"
+#include "tracker/vm_state.h"
 
 namespace cvmstate {
 namespace {

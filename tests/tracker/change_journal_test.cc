@@ -1,10 +1,11 @@
-#include "cvmstate/change_journal.h"
+#include "tracker/change_journal.h"
 
 #include <gtest/gtest.h>
 
 #include <random>
 
-#include "cvmstate/vm_state.h"
+#include "tracker/journal_reader.h"
+#include "tracker/vm_state.h"
 
 namespace cvmstate {
 namespace {
@@ -67,6 +68,37 @@ TEST(ChangeJournalTest, VmJournalsOnlyAfterFirstEpoch) {
   EXPECT_EQ(since1[0].end, 4u);
   EXPECT_TRUE(a->journal().ChangedSince(e2).empty());
   EXPECT_EQ(b->journal().ChangedSince(e2).size(), 1u);
+}
+
+TEST(JournalReaderTest, TheJournalKeepsWhatTheSlowestReaderHasNotRead) {
+  VmState vm;
+  ASSERT_TRUE(vm.AddBlock("ram", 1 << 30, 4096, PageState::kPrivate).ok());
+  BlockTracker& b = vm.block(0);
+  JournalReader fast, slow;
+  fast.Attach(&vm);
+  slow.Attach(&vm);
+  ASSERT_TRUE(b.Convert(0, 4096, PageState::kShared).ok());
+  fast.Advance();
+  ASSERT_TRUE(b.Convert(1 << 20, 4096, PageState::kShared).ok());
+  // The fast reader sees only the second change; the slow one both.
+  ASSERT_EQ(fast.Changed(b).size(), 1u);
+  EXPECT_EQ(fast.Changed(b)[0].begin, 256u);
+  EXPECT_EQ(slow.Changed(b).size(), 2u);
+  slow.Advance();
+  fast.Advance();
+  EXPECT_TRUE(slow.Changed(b).empty());
+  EXPECT_TRUE(b.journal().ChangedSince(0).empty());  // nobody needs the past
+  // A reader goes with its VmState when it moves, and detaches when the
+  // VmState goes away.
+  ASSERT_TRUE(b.Convert(0, 4096, PageState::kDiscarded).ok());
+  VmState moved = std::move(vm);
+  EXPECT_EQ(fast.vm(), &moved);
+  EXPECT_EQ(fast.Changed(moved.block(0)).size(), 1u);
+  {
+    VmState gone = std::move(moved);
+  }
+  EXPECT_FALSE(fast.attached());
+  EXPECT_FALSE(slow.attached());
 }
 
 }  // namespace

@@ -3,8 +3,8 @@
 
 #include <random>
 
-#include "cvmstate/block_tracker.h"
-#include "cvmstate/listener.h"
+#include "tracker/block_tracker.h"
+#include "tracker/listener.h"
 
 namespace cvmstate {
 namespace {

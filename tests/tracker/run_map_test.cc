@@ -1,5 +1,5 @@
 // RunMap against a naive one-byte-per-page model, after every operation.
-#include "cvmstate/run_map.h"
+#include "tracker/run_map.h"
 
 #include <gtest/gtest.h>
 

@@ -1,0 +1,60 @@
+// File-descriptor byte streams.
+#include "migration/byte_stream.h"
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+
+#include "tracker/format.h"
+
+namespace cvmstate {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::string Errno(const char* what) { return std::string(what) + ": " + std::strerror(errno); }
+
+}  // namespace
+
+Status FdSink::Write(std::string_view data) {
+  while (!data.empty()) {
+    ssize_t n = ::send(fd_, data.data(), data.size(), MSG_NOSIGNAL);
+    if (n < 0 && errno == ENOTSOCK) n = ::write(fd_, data.data(), data.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Status::IOError(Errno("write to the migration channel failed"));
+    }
+    data.remove_prefix(static_cast<size_t>(n));
+  }
+  return Status::OK();
+}
+
+Status FdSource::Read(void* buf, size_t n) {
+  char* p = static_cast<char*>(buf);
+  const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout_));
+  while (n > 0) {
+    if (timeout_ > 0) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+      if (left <= 0) return Status::TimedOut("timed out after " + FormatSeconds(timeout_) + " waiting for the next frame");
+      pollfd pfd{fd_, POLLIN, 0};
+      int r = poll(&pfd, 1, static_cast<int>(std::min<long long>(left, 1000)));
+      if (r < 0 && errno != EINTR) return Status::IOError(Errno("poll"));
+      if (r <= 0) continue;
+    }
+    ssize_t got = ::read(fd_, p, n);
+    if (got < 0) {
+      if (errno == EINTR || errno == EAGAIN) continue;
+      return Status::IOError(Errno("read from the migration channel failed"));
+    }
+    if (got == 0) return Status::IOError("the stream ended in the middle of a frame or before its end frame");
+    p += got;
+    n -= static_cast<size_t>(got);
+  }
+  return Status::OK();
+}
+
+}  // namespace cvmstate

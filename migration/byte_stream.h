@@ -1,0 +1,54 @@
+// ByteSink and ByteSource: the byte channel a migration stream runs over,
+// and their file-descriptor implementations (TCP socket, pipe, file,
+// socketpair). A VMM with its own migration channel implements the two
+// interfaces itself.
+#ifndef CVMSTATE_MIGRATION_BYTE_STREAM_H_
+#define CVMSTATE_MIGRATION_BYTE_STREAM_H_
+
+#include <cstddef>
+#include <string_view>
+
+#include "tracker/status.h"
+
+namespace cvmstate {
+
+class ByteSink {
+ public:
+  virtual ~ByteSink() = default;
+  // Writes all of data, or fails (IOError).
+  [[nodiscard]] virtual Status Write(std::string_view data) = 0;
+};
+
+class ByteSource {
+ public:
+  virtual ~ByteSource() = default;
+  // Reads exactly n bytes, or fails: IOError when the channel closed or
+  // broke, TimedOut when no byte came within the source's deadline.
+  [[nodiscard]] virtual Status Read(void* buf, size_t n) = 0;
+};
+
+// Writes to a file descriptor it does not own.
+class FdSink : public ByteSink {
+ public:
+  explicit FdSink(int fd) : fd_(fd) {}
+  [[nodiscard]] Status Write(std::string_view data) override;
+
+ private:
+  int fd_;
+};
+
+// Reads from a file descriptor it does not own; each Read waits at most
+// timeout_seconds for data to arrive (0: no limit).
+class FdSource : public ByteSource {
+ public:
+  FdSource(int fd, double timeout_seconds) : fd_(fd), timeout_(timeout_seconds) {}
+  [[nodiscard]] Status Read(void* buf, size_t n) override;
+
+ private:
+  int fd_;
+  double timeout_;
+};
+
+}  // namespace cvmstate
+
+#endif  // CVMSTATE_MIGRATION_BYTE_STREAM_H_

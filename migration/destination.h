@@ -1,0 +1,96 @@
+// MigrationDestination: reads one migration stream, verifies every frame
+// (length caps before allocation, CRC-32C, FlatBuffers verifier, MAC when
+// keyed, sequence, meaning), rebuilds the state and proves it equal to the
+// source's with its digest. It only receives: committing the state,
+// replaying it to listeners and acknowledging is the incoming migration
+// sequence (session/incoming.h).
+//
+// Thread-safety: one thread at a time.
+#ifndef CVMSTATE_MIGRATION_DESTINATION_H_
+#define CVMSTATE_MIGRATION_DESTINATION_H_
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "migration/byte_stream.h"
+#include "migration/raw_frame.h"
+#include "migration/round_stats.h"
+#include "tracker/status.h"
+#include "tracker/vm_state.h"
+
+namespace cvmstate {
+
+namespace schema {
+struct Sections;
+}  // namespace schema
+
+class MigrationDestination {
+ public:
+  struct Options {
+    size_t max_frame_bytes = size_t{8} << 20;      // larger frames end the migration
+    uint64_t max_guest_bytes = uint64_t{1} << 46;  // 64 TiB over all blocks
+    uint64_t max_blocks = 4096;
+    uint64_t max_runs = uint64_t{1} << 23;  // bounds the memory a sender can make us use
+    // Called with the VM id from the hello; a non-OK status refuses it
+    // (for example because the id already exists in the store).
+    std::function<Status(const std::string&)> accept_vm;
+    // The key derived from the pre-shared key file: every frame must be
+    // authenticated with it. Empty: frames must carry no MAC.
+    std::string key;
+    // Over a network: the nonce this side sent; the stream must answer it.
+    // Empty (a file): the stream's own nonce is taken.
+    std::string expected_nonce;
+    // Inspection only (dump --stream): read authenticated streams without
+    // the key, checking integrity but not authenticity.
+    bool ignore_macs = false;
+  };
+  explicit MigrationDestination(Options options);
+
+  // Reads one whole stream (hello, rounds, end), verifying everything, and
+  // returns the rebuilt state, whose digest equals the source's. *vm_id gets
+  // the stream's VM id. Any fault ends it with an error naming it.
+  Result<VmState> Receive(ByteSource* in, std::string* vm_id);
+
+  // Over a network, before Receive: sends the challenge the source must
+  // answer (a fresh nonce; put it in Options::expected_nonce).
+  [[nodiscard]] static Status SendChallenge(ByteSink* out, std::string_view nonce);
+
+  // Sends the acknowledgement: ready, or an error with its reason
+  // (authenticated when the stream was).
+  [[nodiscard]] Status SendAck(ByteSink* out, bool ok, const std::string& reason);
+
+  const std::vector<RoundStats>& rounds() const { return rounds_; }
+  uint64_t total_bytes() const { return bytes_; }
+  // When the end frame was verified: the start of the guest's downtime.
+  std::chrono::steady_clock::time_point end_received() const { return end_received_; }
+
+ private:
+  // The steps of Receive, in stream order.
+  [[nodiscard]] Status ReadChallengeAnswer(ByteSource* in);
+  Result<VmState> ReadHello(ByteSource* in, std::string* vm_id);
+  [[nodiscard]] Status ApplySections(const schema::Sections& sec, uint64_t seq, VmState* vm);
+  [[nodiscard]] Status ReadFrameAt(ByteSource* in, size_t max, uint64_t seq);
+
+  Options opt_;
+  std::string recv_key_;  // session key of the stream, once known
+  std::string ack_key_;   // session key of the answer, once known
+  migration_internal::RawFrame frame_;  // the frame being read
+  std::vector<RoundStats> rounds_;
+  // The round being received.
+  struct Round {
+    uint32_t index = 0;
+    uint64_t frames = 0, runs = 0, runs_total = 0;
+    bool open = false;  // a Sections frame arrived since the last RoundEnd
+    RoundStats stats;
+  } round_;
+  uint64_t bytes_ = 0;
+  std::chrono::steady_clock::time_point end_received_{};
+};
+
+}  // namespace cvmstate
+
+#endif  // CVMSTATE_MIGRATION_DESTINATION_H_

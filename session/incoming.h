@@ -1,0 +1,122 @@
+// IncomingMigration: the destination's side of a live migration, the whole
+// sequence a VMM runs before the guest resumes on this host:
+//   1. Receive: answer nothing until the source answers our challenge, then
+//      read and verify the whole stream (MigrationDestination);
+//   2. Commit: store the state under its VM id in one synced batch
+//      (AlreadyExists if the id is taken: a migration never overwrites);
+//   3. Replay: register the destination's listeners on every block, which
+//      replays the shared runs to DMA-mapping listeners and the private runs
+//      to memory-attribute listeners;
+//   4. Acknowledge: tell the source "ready"; only then may it commit.
+// If a step fails, Run() takes back what the earlier ones did (listeners
+// unregistered, the commit deleted), tells the source why over a live
+// channel, and returns the error; the store is as it was. The steps are
+// public for callers that run them one by one (the C API's v0 calls); they
+// must be called in order.
+//
+// Thread-safety: one thread at a time.
+#ifndef CVMSTATE_SESSION_INCOMING_H_
+#define CVMSTATE_SESSION_INCOMING_H_
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "migration/byte_stream.h"
+#include "migration/destination.h"
+#include "migration/round_stats.h"
+#include "store/checkpoint_store.h"
+#include "tracker/listener.h"
+#include "tracker/status.h"
+#include "tracker/vm_state.h"
+
+namespace cvmstate {
+
+struct IncomingOptions {
+  // Caps and key of the stream. accept_vm and expected_nonce are set by the
+  // sequence itself.
+  MigrationDestination::Options stream;
+  // Commit under this id instead of the stream's (empty: the stream's).
+  std::string commit_as;
+  // The channel back to the source (not owned). Null: a recorded stream,
+  // read without a challenge and never acknowledged; bytes after its end
+  // frame are refused.
+  ByteSink* reply = nullptr;
+  // After a failure over a live channel, once the refusal is sent: reads and
+  // drops what the source still sends, within a deadline, so that it gets
+  // to read the reason (closing with unread data would reset the
+  // connection and discard it). Null: nothing is drained.
+  std::function<void()> drain;
+};
+
+// The listeners (not owned) to register on the whole of `block` once the
+// state is committed. They stay registered on the returned VmState after a
+// successful Run(): the caller unregisters them before it destroys them.
+using DestinationListeners = std::function<std::vector<StateListener*>(const BlockTracker& block)>;
+
+// What the sequence did, for reports. Times are milliseconds from the end
+// frame's arrival (the start of the guest's downtime).
+struct IncomingReport {
+  std::string vm_id;         // as the stream named it
+  std::string committed_as;  // the id in the store
+  uint64_t commit_bytes = 0;
+  uint64_t stream_bytes = 0;
+  std::vector<RoundStats> rounds;
+  uint64_t dma_listeners = 0, attribute_listeners = 0, other_listeners = 0;
+  double verify_ms = 0;  // end frame -> verified (digest, trailing bytes)
+  double commit_ms = 0;  // the synced commit
+  double replay_ms = 0;  // listener registration and replay
+  double ack_ms = 0;     // sending the acknowledgement
+  double downtime_ms() const { return verify_ms + commit_ms + replay_ms + ack_ms; }
+};
+
+class IncomingMigration {
+ public:
+  // store (not owned) must outlive the migration. Null: the caller commits
+  // elsewhere (the C API's v0 calls); Commit and Replay then fail, and
+  // Acknowledge needs only Receive.
+  IncomingMigration(CheckpointStore* store, IncomingOptions options);
+  ~IncomingMigration();
+
+  // Steps 1 to 4; each requires the previous one to have succeeded.
+  [[nodiscard]] Status Receive(ByteSource* in);
+  [[nodiscard]] Status Commit();
+  [[nodiscard]] Status Replay(const DestinationListeners& listeners);
+  [[nodiscard]] Status Acknowledge();
+  // Takes back what the steps did (unregisters the listeners Replay
+  // registered, deletes the commit), tells the source `why` over a live
+  // channel and drains it; returns why.
+  Status Abort(const Status& why);
+
+  // The four steps, or Abort on the first failure. On success the returned
+  // state carries the registered listeners.
+  Result<VmState> Run(ByteSource* in, const DestinationListeners& listeners);
+
+  // The received state (after Receive), and what happened so far.
+  VmState* vm() { return vm_ ? &*vm_ : nullptr; }
+  // Moves the received state out (Commit and Replay are then impossible).
+  std::optional<VmState> TakeState();
+  const IncomingReport& report() const { return report_; }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  double MsSinceEnd() const;
+
+  CheckpointStore* store_;
+  IncomingOptions opt_;
+  std::optional<MigrationDestination> dest_;  // made in Receive, once the nonce is drawn
+  std::optional<VmState> vm_;
+  ByteSource* in_ = nullptr;
+  bool received_ = false;
+  bool committed_ = false;
+  bool acknowledged_ = false;
+  std::vector<std::pair<BlockTracker*, StateListener*>> registered_;
+  IncomingReport report_;
+};
+
+}  // namespace cvmstate
+
+#endif  // CVMSTATE_SESSION_INCOMING_H_

@@ -1,0 +1,104 @@
+#include "sim/vfio_sim.h"
+
+#include <algorithm>
+
+#include "tracker/format.h"
+
+namespace cvmstate {
+class VfioContainer::BlockListener final : public DmaMappingListener {
+ public:
+  BlockListener(VfioContainer* c, BlockMaps* b) : c_(c), b_(b) {}
+  std::string name() const override { return "vfio"; }
+  uint64_t granularity() const override { return b_->page_size; }
+  bool accepts_double_discard() const override { return true; }  // as VFIO's listener
+  Status NotifyPopulate(uint64_t offset, uint64_t size) override { return c_->Map(b_, offset, size); }
+  void NotifyDiscard(uint64_t offset, uint64_t size) override { c_->Unmap(b_, offset, size); }
+
+ private:
+  VfioContainer* c_;
+  BlockMaps* b_;
+};
+
+VfioContainer::VfioContainer(Mode mode, uint64_t limit) : mode_(mode), limit_(limit) {}
+VfioContainer::~VfioContainer() = default;
+
+std::unique_ptr<DmaMappingListener> VfioContainer::MakeListener(const std::string& block, uint64_t page_size) {
+  blocks_.push_back(std::make_unique<BlockMaps>(BlockMaps{block, page_size, {}}));
+  return std::make_unique<BlockListener>(this, blocks_.back().get());
+}
+
+void VfioContainer::Insert(BlockMaps* b, uint64_t offset, uint64_t length) {
+  b->maps.emplace(offset, length);
+  ++stats_.maps;
+  ++stats_.mappings;
+  stats_.peak = std::max(stats_.peak, stats_.mappings);
+}
+
+Status VfioContainer::Map(BlockMaps* b, uint64_t offset, uint64_t size) {
+  const uint64_t need = mode_ == Mode::kGranule ? size / b->page_size : 1;
+  const uint64_t cap = limit_ == 0 ? kSimulationCap : std::min(limit_, kSimulationCap);
+  if (stats_.mappings + need > cap) {
+    return Status::Refused("vfio: DMA mapping limit " + std::to_string(cap) + " reached (" +
+                           std::to_string(stats_.mappings) + " live, mapping [" + Hex(offset) + ", " +
+                           Hex(offset + size) + ") needs " + std::to_string(need) + " more)");
+  }
+  // The kernel refuses a mapping that overlaps a live one.
+  auto it = b->maps.lower_bound(offset);
+  bool overlap = it != b->maps.end() && it->first < offset + size;
+  if (it != b->maps.begin()) {
+    auto prev = std::prev(it);
+    overlap |= prev->first + prev->second > offset;
+  }
+  if (overlap) {
+    ++stats_.violations;
+    return Status::Refused("vfio: mapping [" + Hex(offset) + ", " + Hex(offset + size) + ") of " + b->name +
+                           " overlaps a live mapping");
+  }
+  if (mode_ == Mode::kGranule) {
+    for (uint64_t p = offset; p < offset + size; p += b->page_size) Insert(b, p, b->page_size);
+  } else {
+    Insert(b, offset, size);
+  }
+  return Status::OK();
+}
+
+void VfioContainer::Unmap(BlockMaps* b, uint64_t offset, uint64_t size) {
+  const uint64_t end = offset + size;
+  auto it = b->maps.lower_bound(offset);
+  if (it != b->maps.begin()) {
+    auto prev = std::prev(it);
+    if (prev->first + prev->second > offset) it = prev;
+  }
+  while (it != b->maps.end() && it->first < end) {
+    const uint64_t mb = it->first, me = it->first + it->second;
+    if (mb >= offset && me <= end) {
+      it = b->maps.erase(it);
+      ++stats_.unmaps;
+      --stats_.mappings;
+      continue;
+    }
+    // Only part of this mapping is discarded.
+    if (mode_ == Mode::kGranule) {
+      ++stats_.violations;  // type1 refuses to unmap part of a mapping
+      ++it;
+      continue;
+    }
+    it = b->maps.erase(it);
+    ++stats_.unmaps;
+    --stats_.mappings;
+    ++stats_.cuts;
+    if (mb < offset) Insert(b, mb, offset - mb);
+    if (me > end) Insert(b, end, me - end);
+    it = b->maps.lower_bound(std::min(me, end));  // the next mapping not yet looked at
+  }
+}
+
+std::vector<VfioContainer::Mapping> VfioContainer::LiveMappings() const {
+  std::vector<Mapping> out;
+  for (const auto& b : blocks_) {
+    for (const auto& [off, len] : b->maps) out.push_back({b->name, off, len});
+  }
+  return out;
+}
+
+}  // namespace cvmstate

@@ -1,0 +1,104 @@
+// CheckpointStore: durable, atomic checkpoints of VM page state in one
+// RocksDB database per host directory, many VMs per database. The layout is
+// described in docs/store-layout.md.
+//
+// Every VM's keys share a prefix (no column family per VM). A VM has one
+// manifest (blocks, chunk size, which chunks have records and the uniform
+// state of the others, sequence, time, a digest of the whole state) and one
+// ChunkRecord per chunk that is not uniform. A checkpoint is one synced
+// WriteBatch: after a crash either all of it is visible or none.
+//
+// Thread-safety: a CheckpointStore may be shared by threads (RocksDB is);
+// a VmCheckpointer and the VmState it commits belong to one thread.
+#ifndef CVMSTATE_STORE_CHECKPOINT_STORE_H_
+#define CVMSTATE_STORE_CHECKPOINT_STORE_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "tracker/status.h"
+#include "tracker/vm_state.h"
+
+namespace rocksdb {
+class DB;
+class Env;
+class WriteBatch;
+}  // namespace rocksdb
+
+namespace cvmstate {
+
+// What a committed checkpoint says about itself.
+struct CheckpointInfo {
+  std::string vm;
+  uint64_t sequence = 0;  // checkpoints committed for this VM id
+  uint64_t unix_time = 0;
+  uint64_t digest = 0;
+  uint64_t total_runs = 0;
+  uint64_t records = 0;  // chunk records (non-uniform chunks)
+};
+
+class CheckpointStore {
+ public:
+  // Pages a chunk record covers: 2^17, 512 MiB of 4 KiB pages.
+  static constexpr unsigned kChunkShift = 17;
+
+  // Opens (creating if missing, unless read_only) the database in dir.
+  // IOError with RocksDB's reason if it cannot (for example another
+  // process holds it open for writing). env (not owned; must outlive the
+  // store) replaces the default file system, for fault injection.
+  static Result<std::unique_ptr<CheckpointStore>> Open(const std::string& dir, bool read_only = false,
+                                                       rocksdb::Env* env = nullptr);
+  ~CheckpointStore();
+
+  // The VM ids that have a committed checkpoint, sorted.
+  Result<std::vector<std::string>> ListVms() const;
+  // Whether `vm` has a committed checkpoint.
+  Result<bool> HasVm(const std::string& vm) const;
+
+  // Reads, verifies (sizes, FlatBuffers verifier, zstd, meaning) and
+  // rebuilds the last committed state of `vm`, then checks its digest.
+  // NotFound if there is none; Corruption naming the VM, block and chunk if
+  // any byte is wrong. *info (optional) gets the manifest's figures.
+  Result<VmState> Load(const std::string& vm, CheckpointInfo* info = nullptr) const;
+
+  // Writes the whole state of `vm` as the checkpoint of `id` in one synced
+  // batch, replacing whatever `id` held. Returns the bytes written (keys
+  // plus values).
+  Result<uint64_t> CommitFull(const std::string& id, const VmState& vm, uint64_t sequence);
+  // The same, but AlreadyExists if `id` has a checkpoint (a migration
+  // destination never overwrites a VM).
+  Result<uint64_t> CommitNew(const std::string& id, const VmState& vm);
+
+  // Removes every key of `id` in one synced batch (a destination that
+  // cannot finish takes its commit back this way).
+  [[nodiscard]] Status DeleteVm(const std::string& id);
+
+  // The RocksDB database, for tests that damage it on purpose.
+  rocksdb::DB* db() const { return db_.get(); }
+
+ private:
+  friend class VmCheckpointer;
+  struct ChunkWrites {
+    uint64_t bytes = 0;    // keys plus values
+    uint64_t records = 0;  // chunk records put (deletes are not records)
+  };
+  explicit CheckpointStore(std::unique_ptr<rocksdb::DB> db);
+  // Adds the manifest of `vm` to batch; returns bytes.
+  Result<uint64_t> PutManifest(rocksdb::WriteBatch* batch, const std::string& id, const VmState& vm,
+                               uint64_t sequence) const;
+  // Adds the records of chunks [c0, c1) of block bi, and deletes of the
+  // records of uniform ones, to batch.
+  [[nodiscard]] Status PutChunks(rocksdb::WriteBatch* batch, const std::string& id, const VmState& vm, size_t bi,
+                                 uint64_t c0, uint64_t c1, ChunkWrites* out) const;
+  // Adds a delete of every chunk record of `id`; returns bytes.
+  static uint64_t DeleteAllChunks(rocksdb::WriteBatch* batch, const std::string& id);
+  [[nodiscard]] Status Write(rocksdb::WriteBatch* batch);
+
+  std::unique_ptr<rocksdb::DB> db_;
+};
+
+}  // namespace cvmstate
+
+#endif  // CVMSTATE_STORE_CHECKPOINT_STORE_H_

@@ -1,0 +1,73 @@
+#include "store/vm_checkpointer.h"
+
+#include <rocksdb/write_batch.h>
+
+#include <utility>
+#include <vector>
+
+#include "codec/chunk_walk.h"
+#include "tracker/format.h"
+#include "tracker/names.h"
+
+namespace cvmstate {
+namespace {
+
+constexpr unsigned kChunkShift = CheckpointStore::kChunkShift;
+
+// Chunk ranges [a, z) covering the changed page ranges, merged.
+std::vector<std::pair<uint64_t, uint64_t>> ChangedChunks(const std::vector<PageRange>& changed) {
+  std::vector<std::pair<uint64_t, uint64_t>> todo;
+  for (const PageRange& r : changed) {
+    const uint64_t a = r.begin >> kChunkShift, z = ((r.end - 1) >> kChunkShift) + 1;
+    if (!todo.empty() && todo.back().second >= a) {
+      todo.back().second = std::max(todo.back().second, z);
+    } else {
+      todo.push_back({a, z});
+    }
+  }
+  return todo;
+}
+
+}  // namespace
+
+VmCheckpointer::VmCheckpointer(CheckpointStore* store, std::string vm_id) : store_(store), id_(std::move(vm_id)) {}
+
+Result<VmCheckpointer::Commit> VmCheckpointer::CommitState(VmState& vm) {
+  if (!IsValidVmId(id_)) return Status::InvalidArgument("invalid VM id " + Quoted(id_) + " (" + kVmIdRule + ")");
+  const bool first = !journal_.attached();
+  if (!first && journal_.vm() != &vm) {
+    return Status::InvalidArgument("a checkpointer commits one VM state; VM " + Quoted(id_) + " was another");
+  }
+  rocksdb::WriteBatch batch;
+  Commit c;
+  c.sequence = sequence_ + 1;
+  CheckpointStore::ChunkWrites w;
+  // The first checkpoint replaces whatever this id held, in the same batch.
+  if (first) w.bytes = CheckpointStore::DeleteAllChunks(&batch, id_);
+  for (size_t i = 0; i < vm.num_blocks(); ++i) {
+    const BlockTracker& b = vm.block(i);
+    const uint64_t chunks = ChunkCount(BlockPages(b), kChunkShift);
+    const auto todo = first || i >= stored_blocks_ ? std::vector<std::pair<uint64_t, uint64_t>>{{0, chunks}}
+                                                   : ChangedChunks(journal_.Changed(b));
+    for (const auto& [a, z] : todo) {
+      Status s = store_->PutChunks(&batch, id_, vm, i, a, z, &w);
+      if (!s.ok()) return s;
+    }
+  }
+  auto m = store_->PutManifest(&batch, id_, vm, c.sequence);
+  if (!m.ok()) return m.status();
+  Status s = store_->Write(&batch);
+  if (!s.ok()) return s;  // nothing changed here: the next commit retries all
+  c.bytes = w.bytes + m.value();
+  c.records = w.records;
+  if (first) {
+    journal_.Attach(&vm);
+  } else {
+    journal_.Advance();
+  }
+  stored_blocks_ = vm.num_blocks();
+  sequence_ = c.sequence;
+  return c;
+}
+
+}  // namespace cvmstate

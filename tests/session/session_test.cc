@@ -1,0 +1,250 @@
+// The migration sequences end to end in one process, over a socketpair and
+// real RocksDB stores: verify -> commit -> replay -> acknowledge, and every
+// failure taken back on both sides.
+#include "session/incoming.h"
+#include "session/outgoing.h"
+
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <random>
+#include <thread>
+
+#include "migration/byte_stream.h"
+#include "process.h"
+#include "string_stream.h"
+#include "sim/kvm_attr_sim.h"
+#include "sim/vfio_sim.h"
+#include "tracker/state_digest.h"
+
+namespace cvmstate {
+namespace {
+
+// A guest with two blocks in mixed states.
+VmState Guest(uint64_t seed) {
+  VmState vm;
+  EXPECT_TRUE(vm.AddBlock("pc.ram", uint64_t{1} << 32, 4096, PageState::kPrivate).ok());
+  EXPECT_TRUE(vm.AddBlock("mem1", uint64_t{1} << 30, 2 << 20, PageState::kDiscarded).ok());
+  std::mt19937_64 rng(seed);
+  for (int i = 0; i < 500; ++i) {
+    BlockTracker& b = vm.block(i % 2);
+    const uint64_t pages = b.size() / b.page_size();
+    const uint64_t at = rng() % pages, n = 1 + rng() % std::min<uint64_t>(64, pages - at);
+    EXPECT_TRUE(b.Convert(at * b.page_size(), n * b.page_size(), static_cast<PageState>(rng() % 3)).ok());
+  }
+  return vm;
+}
+
+uint64_t SharedRuns(const VmState& vm) {
+  uint64_t n = 0;
+  for (size_t i = 0; i < vm.num_blocks(); ++i) {
+    const BlockTracker& b = vm.block(i);
+    b.map().ForEachRunOf(PageState::kShared, 0, b.size() >> b.page_shift(), [&](uint64_t, uint64_t) { ++n; });
+  }
+  return n;
+}
+
+// A DMA listener that refuses every populate: a destination whose IOMMU
+// cannot map the guest.
+class RefusingDma : public DmaMappingListener {
+ public:
+  Status NotifyPopulate(uint64_t, uint64_t) override { return Status::Refused("no IOMMU space left"); }
+  void NotifyDiscard(uint64_t, uint64_t) override {}
+};
+
+struct Pair {
+  Pair() { EXPECT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, fd), 0); }
+  ~Pair() {
+    close(fd[0]);
+    close(fd[1]);
+  }
+  int fd[2];
+};
+
+class SessionTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = testing::MakeTempDir();
+    auto s = CheckpointStore::Open(dir_ + "/src");
+    auto d = CheckpointStore::Open(dir_ + "/dst");
+    ASSERT_TRUE(s.ok() && d.ok());
+    src_store_ = std::move(s).value();
+    dst_store_ = std::move(d).value();
+  }
+
+  // Runs both sides; the source converts `live` pages between rounds.
+  void Migrate(VmState* vm, const DestinationListeners& listeners, Status* src_status, Result<VmState>* dst_result,
+               IncomingReport* dst_report) {
+    Pair p;
+    std::thread dst([&] {
+      FdSource in(p.fd[1], 10);
+      FdSink back(p.fd[1]);
+      IncomingOptions o;
+      o.reply = &back;
+      o.drain = [&] {
+        shutdown(p.fd[1], SHUT_WR);
+        FdSource drain(p.fd[1], 1);
+        char c;
+        while (drain.Read(&c, 1).ok()) {
+        }
+      };
+      IncomingMigration in_mig(dst_store_.get(), std::move(o));
+      *dst_result = in_mig.Run(&in, listeners);
+      *dst_report = in_mig.report();
+    });
+    FdSink sink(p.fd[0]);
+    FdSource replies(p.fd[0], 10), refusal(p.fd[0], 2);
+    OutgoingOptions o;
+    o.rounds = 3;
+    o.replies = &replies;
+    o.refusal = &refusal;
+    o.commit_to = src_store_.get();
+    o.commit_id = "g";
+    o.commit_sequence = 5;
+    std::mt19937_64 rng(9);
+    OutgoingReport report;
+    *src_status = RunOutgoingMigration(
+        vm, "g", &sink, o,
+        [&](int, bool) {
+          BlockTracker& b = vm->block(0);
+          for (int i = 0; i < 50; ++i) {
+            Status s = b.Convert((rng() % 1000) * 4096, 4096, static_cast<PageState>(rng() % 3));
+            if (!s.ok()) return s;
+          }
+          return Status::OK();
+        },
+        &report);
+    if (src_status->ok()) {
+      EXPECT_EQ(report.rounds.size(), 4u);
+    }
+    dst.join();
+  }
+
+  std::string dir_;
+  std::unique_ptr<CheckpointStore> src_store_, dst_store_;
+};
+
+TEST_F(SessionTest, VerifyCommitReplayAcknowledgeThenTheSourceCommits) {
+  VmState vm = Guest(1);
+  VfioContainer vfio(VfioContainer::Mode::kExtent, 0);
+  std::vector<std::unique_ptr<DmaMappingListener>> dma;
+  std::vector<std::unique_ptr<KvmAttributeSim>> kvm;
+  auto listeners = [&](const BlockTracker& b) -> std::vector<StateListener*> {
+    dma.push_back(vfio.MakeListener(b.name(), b.page_size()));
+    kvm.push_back(std::make_unique<KvmAttributeSim>());
+    return {dma.back().get(), kvm.back().get()};
+  };
+  Status src;
+  Result<VmState> dst{Status::IOError("not run")};
+  IncomingReport report;
+  Migrate(&vm, listeners, &src, &dst, &report);
+  ASSERT_TRUE(src.ok()) << src.message();
+  ASSERT_TRUE(dst.ok()) << dst.status().message();
+  EXPECT_EQ(ComputeStateDigest(dst.value()), ComputeStateDigest(vm));
+  // Replayed before the acknowledgement: one mapping per shared run, and
+  // the private bytes marked.
+  EXPECT_EQ(vfio.stats().mappings, SharedRuns(vm));
+  uint64_t private_bytes = 0, marked = 0;
+  for (size_t i = 0; i < vm.num_blocks(); ++i) private_bytes += vm.block(i).BytesIn(PageState::kPrivate);
+  for (const auto& k : kvm) marked += k->private_bytes();
+  EXPECT_EQ(marked, private_bytes);
+  EXPECT_EQ(report.dma_listeners, 2u);
+  EXPECT_EQ(report.attribute_listeners, 2u);
+  EXPECT_GT(report.commit_bytes, 0u);
+  // Both stores hold the final state; the source's at the given sequence.
+  auto d = dst_store_->Load("g");
+  ASSERT_TRUE(d.ok()) << d.status().message();
+  EXPECT_EQ(ComputeStateDigest(d.value()), ComputeStateDigest(vm));
+  CheckpointInfo info;
+  auto s = src_store_->Load("g", &info);
+  ASSERT_TRUE(s.ok()) << s.status().message();
+  EXPECT_EQ(ComputeStateDigest(s.value()), ComputeStateDigest(vm));
+  EXPECT_EQ(info.sequence, 5u);
+  for (size_t i = 0; i < dst->num_blocks(); ++i) {
+    EXPECT_TRUE(dst->block(i).UnregisterListener(dma[i].get()).ok());
+    EXPECT_TRUE(dst->block(i).UnregisterListener(kvm[i].get()).ok());
+  }
+}
+
+TEST_F(SessionTest, ARefusedReplayIsTakenBackOnBothSides) {
+  VmState vm = Guest(2);
+  RefusingDma refusing;
+  KvmAttributeSim kvm;  // registered first on block 0, then rolled back
+  int calls = 0;
+  auto listeners = [&](const BlockTracker&) -> std::vector<StateListener*> {
+    if (calls++ == 0) return {&kvm};
+    return {&refusing};
+  };
+  Status src;
+  Result<VmState> dst{Status::IOError("not run")};
+  IncomingReport report;
+  Migrate(&vm, listeners, &src, &dst, &report);
+  ASSERT_FALSE(dst.ok());
+  EXPECT_EQ(dst.status().code(), Status::Code::kRefused) << dst.status().message();
+  // The source learns why, and commits nothing.
+  EXPECT_EQ(src.code(), Status::Code::kRefused) << src.message();
+  EXPECT_NE(src.message().find("no IOMMU space left"), std::string::npos) << src.message();
+  EXPECT_FALSE(src_store_->HasVm("g").value());
+  // The destination's commit is gone, and the listener that had accepted
+  // its replay was withdrawn.
+  EXPECT_FALSE(dst_store_->HasVm("g").value());
+  EXPECT_EQ(kvm.private_bytes(), 0u);
+}
+
+TEST_F(SessionTest, AnExistingVmIsNeverOverwritten) {
+  VmState old = Guest(3);
+  ASSERT_TRUE(dst_store_->CommitFull("g", old, 1).ok());
+  VmState vm = Guest(4);
+  Status src;
+  Result<VmState> dst{Status::IOError("not run")};
+  IncomingReport report;
+  Migrate(&vm, [](const BlockTracker&) { return std::vector<StateListener*>{}; }, &src, &dst, &report);
+  EXPECT_EQ(dst.status().code(), Status::Code::kAlreadyExists) << dst.status().message();
+  EXPECT_EQ(src.code(), Status::Code::kRefused) << src.message();
+  EXPECT_NE(src.message().find("already exists"), std::string::npos) << src.message();
+  auto kept = dst_store_->Load("g");
+  ASSERT_TRUE(kept.ok()) << kept.status().message();
+  EXPECT_EQ(ComputeStateDigest(kept.value()), ComputeStateDigest(old));
+}
+
+using testing::StringSink;
+using testing::StringSource;
+
+TEST_F(SessionTest, RecordedStreamsCommitWholeAndRefuseTrailingBytes) {
+  VmState vm = Guest(5);
+  StringSink file;
+  OutgoingReport out;
+  ASSERT_TRUE(RunOutgoingMigration(&vm, "g", &file, OutgoingOptions{}, nullptr, &out).ok());
+  EXPECT_EQ(out.total_bytes, file.data.size());
+  {
+    const std::string trailing = file.data + "x";
+    StringSource in(trailing);
+    IncomingMigration m(dst_store_.get(), IncomingOptions{});
+    auto r = m.Run(&in, [](const BlockTracker&) { return std::vector<StateListener*>{}; });
+    EXPECT_EQ(r.status().code(), Status::Code::kCorruption) << r.status().message();
+    EXPECT_FALSE(dst_store_->HasVm("g").value());
+  }
+  StringSource in(file.data);
+  IncomingOptions o;
+  o.commit_as = "copy";
+  IncomingMigration m(dst_store_.get(), std::move(o));
+  auto r = m.Run(&in, [](const BlockTracker&) { return std::vector<StateListener*>{}; });
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  EXPECT_EQ(m.report().committed_as, "copy");
+  auto copy = dst_store_->Load("copy");
+  ASSERT_TRUE(copy.ok());
+  EXPECT_EQ(ComputeStateDigest(copy.value()), ComputeStateDigest(vm));
+}
+
+TEST_F(SessionTest, StepsRunOnlyInOrder) {
+  IncomingMigration m(dst_store_.get(), IncomingOptions{});
+  EXPECT_EQ(m.Commit().code(), Status::Code::kInvalidArgument);
+  EXPECT_EQ(m.Acknowledge().code(), Status::Code::kInvalidArgument);
+  EXPECT_EQ(m.Replay([](const BlockTracker&) { return std::vector<StateListener*>{}; }).code(),
+            Status::Code::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace cvmstate

@@ -1,0 +1,274 @@
+// RunMap: the state of every page of one RAM block, stored as runs.
+//
+// The page range [0, pages) is cut into chunks of 2^chunk_shift pages. A
+// directory holds one entry per stretch of chunks: a *uniform* entry covers
+// one or more whole chunks of one state and owns no heap memory; a *list*
+// entry covers one chunk and holds its sorted run starts (2 bytes) and
+// states (1 byte); a *dense* entry covers one chunk with two bits a page,
+// used once a list would hold more than ListMaxRuns() runs. Memory is
+// O(runs), never above about 2 bits a page plus a 16-byte entry per chunk,
+// and a block of any size starts as one entry: O(1) to declare.
+//
+// The directory starts sparse (sorted by first chunk, binary searched) and
+// turns flat (entry i is chunk i, found by index) once it would hold an
+// eighth of the chunks anyway.
+//
+// Chunking is invisible from outside: ForEachRun reports maximal runs.
+// Not thread-safe; callers serialize access.
+#ifndef CVMSTATE_RUN_MAP_H_
+#define CVMSTATE_RUN_MAP_H_
+
+#include <algorithm>
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "tracker/page_state.h"
+
+namespace cvmstate {
+
+struct Run {
+  uint64_t begin;  // first page
+  uint64_t end;    // one past the last page
+  PageState state;
+};
+
+// Pages per state (indexed by PageState value).
+using StateCounts = std::array<uint64_t, kNumPageStates>;
+
+class RunMap {
+ public:
+  static constexpr unsigned kDefaultChunkShift = 16;  // 65536 pages: 256 MiB at 4 KiB
+  static constexpr unsigned kMinChunkShift = 6;
+  static constexpr unsigned kMaxChunkShift = 16;      // run starts are 16-bit
+  // A directory at most this many chunks long turns flat (one entry per
+  // chunk, found by index) once it holds an eighth of them anyway.
+  static constexpr uint64_t kMaxFlatChunks = uint64_t{1} << 22;
+
+  // A map of `pages` pages (may be 0), all in state `initial`. chunk_shift
+  // is clamped to [kMinChunkShift, kMaxChunkShift]; small values exist so
+  // tests can reach every chunk form with few pages.
+  RunMap(uint64_t pages, PageState initial, unsigned chunk_shift = kDefaultChunkShift);
+  ~RunMap();
+  RunMap(RunMap&& other) noexcept;
+  RunMap& operator=(RunMap&& other) noexcept;
+  RunMap(const RunMap&) = delete;
+  RunMap& operator=(const RunMap&) = delete;
+
+  uint64_t pages() const { return pages_; }
+  unsigned chunk_shift() const { return shift_; }
+  uint64_t num_chunks() const { return (pages_ + chunk_pages() - 1) >> shift_; }
+  uint64_t chunk_pages() const { return uint64_t{1} << shift_; }
+
+  // State of one page. Requires page < pages().
+  PageState Get(uint64_t page) const;
+
+  // Sets pages [begin, end) to `state`. Requires begin < end <= pages().
+  // If `changed` is not null, adds to it the number of pages that had each
+  // old state and now differ (changed[state] is left alone).
+  void Assign(uint64_t begin, uint64_t end, PageState state, StateCounts* changed = nullptr);
+
+  // Calls fn(const Run&) for each maximal run that intersects [begin, end),
+  // clipped to it, in ascending order. fn returns false to stop early.
+  template <typename Fn>
+  void ForEachRun(uint64_t begin, uint64_t end, Fn&& fn) const;
+  template <typename Fn>
+  void ForEachRun(Fn&& fn) const { ForEachRun(0, pages_, static_cast<Fn&&>(fn)); }
+
+  // Calls fn(begin, end) for each maximal run of state s that intersects
+  // [begin, end), clipped to it, ascending. Faster than filtering
+  // ForEachRun: it skips other states without materialising their runs.
+  template <typename Fn>
+  void ForEachRunOf(PageState s, uint64_t begin, uint64_t end, Fn&& fn) const;
+
+  // Number of maximal runs (O(entries + runs)).
+  uint64_t CountRuns() const;
+  // Pages per state (O(entries + runs)).
+  StateCounts CountStates() const;
+
+  // Heap bytes this map holds: the directory's capacity plus every chunk's
+  // allocation, counted exactly as requested from the allocator.
+  size_t MemoryBytes() const;
+
+  // Chunk forms in use, for tests and reports.
+  struct Shape {
+    uint64_t entries = 0, uniform = 0, list = 0, dense = 0;
+  };
+  Shape GetShape() const;
+
+  // A cursor over maximal runs of [begin, end); what ForEachRun uses.
+  class Cursor {
+   public:
+    Cursor(const RunMap& map, uint64_t begin, uint64_t end);
+    // Stores the next run in *out; false when there are no more.
+    bool Next(Run* out);
+
+   private:
+    bool NextPiece(Run* out);  // next chunk-local piece, not merged
+    const RunMap& map_;
+    uint64_t end_;
+    uint64_t pos_;          // first page not yet reported
+    size_t entry_;          // directory entry holding pos_
+    uint32_t list_index_;   // position within a list entry
+    bool have_pending_ = false;
+    Run pending_{};
+  };
+
+ private:
+  enum Kind : uint8_t { kUniform = 0, kList = 1, kDense = 2 };
+  struct Entry {
+    void* data;       // list: uint16_t starts[cap] then uint8_t states[cap]; dense: uint64_t[]
+    uint32_t count;   // list: runs held; dense: conversions left until RecheckDense
+    uint16_t cap;     // list: capacity in runs
+    uint8_t kind;
+    uint8_t state;    // uniform: its state
+  };
+  static const uint16_t* Starts(const Entry& e) { return static_cast<const uint16_t*>(e.data); }
+  static const uint8_t* States(const Entry& e) {
+    return static_cast<const uint8_t*>(e.data) + size_t{e.cap} * sizeof(uint16_t);
+  }
+  static size_t ListBytes(uint32_t cap) { return size_t{cap} * (sizeof(uint16_t) + 1); }
+
+  uint64_t ChunkBegin(uint64_t chunk) const { return chunk << shift_; }
+  uint64_t ChunkLen(uint64_t chunk) const { return std::min(chunk_pages(), pages_ - ChunkBegin(chunk)); }
+  uint64_t EntryFirstChunk(size_t i) const { return flat_ ? i : keys_[i]; }
+  uint64_t EntryEndChunk(size_t i) const {
+    return i + 1 < dir_.size() ? EntryFirstChunk(i + 1) : num_chunks();
+  }
+  // Above this many runs a list chunk turns dense: past the break-even with
+  // the dense form, capped so that inserting into a list stays cheap.
+  uint32_t ListMaxRuns() const {
+    uint64_t even = chunk_pages() / 12;
+    return static_cast<uint32_t>(even < 2 ? 2 : (even > 512 ? 512 : even));
+  }
+  size_t DenseWords(uint64_t len) const { return (len + 31) / 32; }
+  // Dense chunks do not count their runs on every conversion (that would
+  // triple the cost of a single-page one); they recount after this many
+  // small conversions, or after any large one.
+  static constexpr uint32_t kDenseRecheck = 1024;
+
+  size_t FindEntry(uint64_t chunk) const;
+  size_t SplitAt(uint64_t chunk);  // ensures an entry starts at chunk; returns its index
+  void AssignInChunk(uint64_t chunk, uint32_t a, uint32_t b, PageState s, StateCounts* changed);
+  void AssignWholeChunks(uint64_t c0, uint64_t c1, PageState s, StateCounts* changed);
+  void ListAssign(Entry& e, uint32_t len, uint32_t a, uint32_t b, PageState s, StateCounts* changed);
+  void DenseAssign(Entry& e, uint32_t len, uint32_t a, uint32_t b, PageState s, StateCounts* changed);
+  void ListToDense(Entry& e, uint32_t len);
+  void DenseToList(Entry& e, uint32_t len, uint32_t runs);
+  // Counts a dense chunk's runs and turns it into a list or uniform entry
+  // when that is smaller.
+  void RecheckDense(Entry& e, uint32_t len);
+  void MakeUniform(Entry& e, PageState s);
+  void ReserveList(Entry& e, uint32_t need);
+  void FreeEntry(Entry& e);
+  void AddEntryStates(const Entry& e, uint64_t len, StateCounts* counts) const;
+  void SetPage(uint64_t page, PageState s, StateCounts* changed);
+  void InsertEntry(size_t at, uint64_t first_chunk, const Entry& e);
+  void EraseEntries(size_t from, size_t to);
+
+  uint64_t pages_;
+  unsigned shift_;
+  std::vector<Entry> dir_;
+  std::vector<uint64_t> keys_;  // sparse: first chunk of each entry; empty when flat
+  bool flat_ = false;           // dir_[i] covers exactly chunk i
+  size_t chunk_bytes_ = 0;  // bytes held by list and dense chunks
+};
+
+template <typename Fn>
+void RunMap::ForEachRun(uint64_t begin, uint64_t end, Fn&& fn) const {
+  Cursor c(*this, begin, end);
+  Run r;
+  while (c.Next(&r)) {
+    if (!fn(static_cast<const Run&>(r))) return;
+  }
+}
+
+template <typename Fn>
+void RunMap::ForEachRunOf(PageState s, uint64_t begin, uint64_t end, Fn&& fn) const {
+  if (end > pages_) end = pages_;
+  if (begin >= end) return;
+  const unsigned sv = static_cast<unsigned>(s);
+  // A run of s that ends where its entry ends stays pending, since the
+  // next entry may continue it; runs inside an entry are maximal already.
+  bool open = false;
+  uint64_t rb = 0, re = 0;
+  auto emit = [&](uint64_t a, uint64_t b, bool at_entry_end) {
+    if (open) {
+      if (re == a) {
+        a = rb;
+      } else {
+        fn(rb, re);
+      }
+      open = false;
+    }
+    if (at_entry_end) {
+      open = true;
+      rb = a;
+      re = b;
+    } else {
+      fn(a, b);
+    }
+  };
+  constexpr uint64_t kLo = 0x5555555555555555ULL;
+  for (size_t i = FindEntry(begin >> shift_); i < dir_.size(); ++i) {
+    const Entry& e = dir_[i];
+    uint64_t eb = ChunkBegin(EntryFirstChunk(i));
+    if (eb >= end) break;
+    uint64_t ee = std::min(ChunkBegin(EntryEndChunk(i)), pages_);
+    const bool clip = eb < begin || ee > end;
+    if (e.kind == kUniform) {
+      if (e.state == sv) emit(std::max(eb, begin), std::min(ee, end), true);
+    } else if (e.kind == kList && !clip) {
+      const uint16_t* st = Starts(e);
+      const uint8_t* ss = States(e);
+      const uint32_t last = e.count - 1;
+      for (uint32_t k = 0; k < last; ++k) {
+        if (ss[k] == sv) emit(eb + st[k], eb + st[k + 1], false);
+      }
+      if (ss[last] == sv) emit(eb + st[last], ee, true);
+    } else {
+      // Dense entries, and the clipped first and last list entries: walk
+      // the runs of s with the cursor's piece rules.
+      const uint64_t lb = std::max(eb, begin), le = std::min(ee, end);
+      if (e.kind == kList) {
+        const uint16_t* st = Starts(e);
+        const uint8_t* ss = States(e);
+        for (uint32_t k = 0; k < e.count; ++k) {
+          uint64_t a = std::max(eb + st[k], lb), b = std::min(k + 1 < e.count ? eb + st[k + 1] : ee, le);
+          if (ss[k] == sv && a < b) emit(a, b, b == le);
+        }
+        continue;
+      }
+      const uint64_t* w = static_cast<const uint64_t*>(e.data);
+      const uint64_t pat = kLo * sv;
+      const uint64_t len = le - eb, nw = (len + 31) >> 5;
+      uint64_t p = lb - eb;
+      while (p < len) {
+        // Next page of state s, then the next page of another state.
+        uint64_t wi = p >> 5, t = w[wi] ^ pat;
+        uint64_t hit = ~(t | (t >> 1)) & kLo & (~uint64_t{0} << (2 * (p & 31)));
+        while (hit == 0 && ++wi < nw) {
+          t = w[wi] ^ pat;
+          hit = ~(t | (t >> 1)) & kLo;
+        }
+        if (hit == 0) break;
+        const uint64_t a = (wi << 5) + (static_cast<unsigned>(__builtin_ctzll(hit)) >> 1);
+        if (a >= len) break;
+        uint64_t miss = (t | (t >> 1)) & kLo & (~uint64_t{0} << (2 * (a & 31)));
+        while (miss == 0 && ++wi < nw) {
+          t = w[wi] ^ pat;
+          miss = (t | (t >> 1)) & kLo;
+        }
+        const uint64_t b = miss == 0 ? len : std::min(len, (wi << 5) + (static_cast<unsigned>(__builtin_ctzll(miss)) >> 1));
+        emit(eb + a, eb + b, b == len);
+        p = b;
+      }
+    }
+  }
+  if (open) fn(rb, re);
+}
+
+}  // namespace cvmstate
+
+#endif  // CVMSTATE_RUN_MAP_H_
