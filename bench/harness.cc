@@ -6,9 +6,9 @@
 #include <cstdio>
 #include <thread>
 
+#include "bench/impls.h"
 #include "text/trace.h"
 #include "tracker/vm_state.h"
-#include "bench/impls.h"
 
 namespace cvmstate::bench {
 namespace {

@@ -1,8 +1,8 @@
 #include <memory>
 #include <vector>
 
-#include "tracker/run_map.h"
 #include "bench/impls.h"
+#include "tracker/run_map.h"
 
 namespace cvmstate::bench {
 

@@ -5,12 +5,11 @@
 #include <cstring>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <new>
+#include <set>
 #include <string>
 #include <utility>
-
-#include <mutex>
-#include <set>
 
 #include "migration/byte_stream.h"
 #include "migration/psk.h"

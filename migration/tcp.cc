@@ -1,4 +1,6 @@
 // TCP connections for migration streams.
+#include "migration/tcp.h"
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -13,7 +15,6 @@
 #include <cstring>
 #include <thread>
 
-#include "migration/tcp.h"
 #include "tracker/format.h"
 
 namespace cvmstate {

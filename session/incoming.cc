@@ -10,13 +10,16 @@ IncomingMigration::IncomingMigration(CheckpointStore* store, IncomingOptions opt
 
 IncomingMigration::~IncomingMigration() = default;
 
-double IncomingMigration::MsSinceEnd() const {
-  return std::chrono::duration<double, std::milli>(Clock::now() - dest_->end_received()).count();
+namespace {
+
+double MsSince(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
+
+}  // namespace
 
 Status IncomingMigration::Receive(ByteSource* in) {
   if (dest_) return Status::InvalidArgument("this incoming migration has already received a stream");
-  in_ = in;
   MigrationDestination::Options o = opt_.stream;
   o.accept_vm = [this](const std::string& id) -> Status {
     if (store_ == nullptr) return Status::OK();
@@ -45,7 +48,7 @@ Status IncomingMigration::Receive(ByteSource* in) {
   received_ = true;
   report_.rounds = dest_->rounds();
   report_.committed_as = opt_.commit_as.empty() ? report_.vm_id : opt_.commit_as;
-  report_.verify_ms = MsSinceEnd();
+  report_.verify_ms = MsSince(dest_->end_received());
   return Status::OK();
 }
 
@@ -55,7 +58,7 @@ Status IncomingMigration::Commit() {
   }
   const Clock::time_point t0 = Clock::now();
   auto bytes = store_->CommitNew(report_.committed_as, *vm_);
-  report_.commit_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+  report_.commit_ms = MsSince(t0);
   if (!bytes.ok()) return bytes.status();
   report_.commit_bytes = bytes.value();
   committed_ = true;
@@ -81,7 +84,7 @@ Status IncomingMigration::Replay(const DestinationListeners& listeners) {
       }
     }
   }
-  report_.replay_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+  report_.replay_ms = MsSince(t0);
   return s;
 }
 
@@ -94,7 +97,7 @@ Status IncomingMigration::Acknowledge() {
     Status s = dest_->SendAck(opt_.reply, true, "ready");
     if (!s.ok()) return Status::IOError("cannot acknowledge to the source: " + s.message());
   }
-  report_.ack_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+  report_.ack_ms = MsSince(t0);
   acknowledged_ = true;
   return Status::OK();
 }

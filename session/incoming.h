@@ -103,13 +103,11 @@ class IncomingMigration {
 
  private:
   using Clock = std::chrono::steady_clock;
-  double MsSinceEnd() const;
 
   CheckpointStore* store_;
   IncomingOptions opt_;
   std::optional<MigrationDestination> dest_;  // made in Receive, once the nonce is drawn
   std::optional<VmState> vm_;
-  ByteSource* in_ = nullptr;
   bool received_ = false;
   bool committed_ = false;
   bool acknowledged_ = false;

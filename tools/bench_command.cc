@@ -4,8 +4,8 @@
 #include <memory>
 #include <string>
 
-#include "tools/commands.h"
 #include "bench/harness.h"
+#include "tools/commands.h"
 #include "tools/output.h"
 
 namespace cvmstate::tools {

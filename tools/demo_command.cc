@@ -25,13 +25,11 @@
 #include "migration/tcp.h"
 #include "session/incoming.h"
 #include "session/outgoing.h"
-#include "sim/kvm_attr_sim.h"
-#include "sim/vfio_sim.h"
 #include "store/checkpoint_store.h"
 #include "store/vm_checkpointer.h"
 #include "text/trace.h"
 #include "tools/commands.h"
-#include "tools/destination_listeners.h"
+#include "tools/host_listeners.h"
 #include "tools/human_bytes.h"
 #include "tools/output.h"
 #include "tools/workload.h"
@@ -128,6 +126,9 @@ class DestinationHost {
       if (n <= 0) break;
       got += static_cast<size_t>(n);
     }
+    // No whole report within the deadline: the child will not send one, so
+    // it must not be waited for either.
+    if (got != sizeof *r) kill(pid_, SIGKILL);
     int status = 0;
     waitpid(pid_, &status, 0);
     pid_ = -1;
@@ -165,7 +166,7 @@ class DestinationHost {
     FdSink back(conn.fd);
     IncomingOptions opt;
     opt.reply = &back;
-    DestinationListeners listeners;
+    HostListeners listeners;
     IncomingMigration incoming(store.value().get(), std::move(opt));
     auto vm = incoming.Run(&in, [&](const BlockTracker& b) { return listeners.For(b); });
     if (!vm.ok()) return vm.status();
@@ -190,27 +191,13 @@ class DestinationHost {
 // memory-attribute listener on every block, checkpointed as it runs.
 struct SourceGuest {
   VmState vm;
-  VfioContainer vfio{VfioContainer::Mode::kExtent, 65535};
-  std::vector<std::unique_ptr<DmaMappingListener>> dma;
-  std::vector<std::unique_ptr<KvmAttributeSim>> kvm;
+  HostListeners listeners{65535};  // type1's default dma_entry_limit
   uint64_t conversions = 0, checkpoints = 0, first_checkpoint = 0, last_checkpoint = 0;
   double run_ms = 0;
 
   Status Declare(const TraceDirective& d) {
     Status s = vm.AddBlock(d.name, d.size, d.page_size, d.state);
-    if (!s.ok()) return s;
-    BlockTracker* b = vm.Find(d.name);
-    dma.push_back(vfio.MakeListener(d.name, d.page_size));
-    kvm.push_back(std::make_unique<KvmAttributeSim>());
-    s = b->RegisterListener(dma.back().get(), 0, b->size());
-    return s.ok() ? b->RegisterListener(kvm.back().get(), 0, b->size()) : s;
-  }
-  // The source's listeners stay with the source host.
-  void DetachListeners() {
-    for (size_t i = 0; i < vm.num_blocks(); ++i) {
-      (void)vm.block(i).UnregisterListener(dma[i].get());
-      (void)vm.block(i).UnregisterListener(kvm[i].get());
-    }
+    return s.ok() ? listeners.Attach(vm.Find(d.name)) : s;
   }
 };
 
@@ -267,7 +254,7 @@ void PrintGuestFigures(const SourceGuest& g) {
               static_cast<double>(pages) / 4 / mem);
   std::printf("\n  DMA mappings for %s of shared memory:\n", Bytes(shared_pages * 4096).c_str());
   std::printf("    extent mode (one per section) %8" PRIu64 " live, peak %" PRIu64 "  (type1 limit 65535)\n",
-              g.vfio.stats().mappings, g.vfio.stats().peak);
+              g.listeners.vfio().stats().mappings, g.listeners.vfio().stats().peak);
   std::printf("    per-page mapping (QEMU today) %8" PRIu64 "  -> %.0fx more, %s the limit\n", shared_pages,
               static_cast<double>(shared_pages) / static_cast<double>(std::max<uint64_t>(1, shared_runs)),
               shared_pages > 65535 ? "over" : "under");
@@ -372,7 +359,7 @@ int RunDemo(const DemoOptions& o) {
     s = RunGuest(ops.value(), &checkpointer, &guest);
     if (!s.ok()) return Fail(s.message());
     PrintGuestFigures(guest);
-    guest.DetachListeners();
+    guest.listeners.Detach(&guest.vm);  // the source's listeners stay with the source host
     auto c = checkpointer.CommitState(guest.vm);
     if (!c.ok()) return Fail(c.status().message());
 

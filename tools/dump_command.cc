@@ -11,19 +11,19 @@
 #include <memory>
 #include <string>
 
-#include "tools/commands.h"
-#include "store/checkpoint_store.h"
-#include "text/listing.h"
 #include "migration/byte_stream.h"
 #include "migration/crc32c.h"
 #include "migration/destination.h"
 #include "migration/psk.h"
 #include "migration/source.h"
 #include "migration/tcp.h"
-#include "tracker/state_digest.h"
+#include "store/checkpoint_store.h"
+#include "text/listing.h"
+#include "tools/commands.h"
 #include "tools/human_bytes.h"
 #include "tools/output.h"
 #include "tools/svg_map.h"
+#include "tracker/state_digest.h"
 
 namespace cvmstate::tools {
 namespace {

@@ -3,8 +3,8 @@
 #include <memory>
 #include <string>
 
-#include "tools/commands.h"
 #include "text/trace.h"
+#include "tools/commands.h"
 #include "tools/output.h"
 #include "tools/workload.h"
 

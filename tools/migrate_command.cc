@@ -11,17 +11,17 @@
 #include <memory>
 #include <string>
 
-#include "tracker/names.h"
-#include "tools/commands.h"
-#include "store/checkpoint_store.h"
 #include "migration/byte_stream.h"
 #include "migration/psk.h"
 #include "migration/tcp.h"
 #include "session/incoming.h"
 #include "session/outgoing.h"
+#include "store/checkpoint_store.h"
 #include "text/trace.h"
-#include "tools/destination_listeners.h"
+#include "tools/commands.h"
+#include "tools/host_listeners.h"
 #include "tools/output.h"
+#include "tracker/names.h"
 
 namespace cvmstate::tools {
 namespace {
@@ -187,7 +187,7 @@ int RunRecv(const RecvOptions& o) {
     opt.reply = &back;
     opt.drain = [&fd] { DrainSocket(fd.fd, 2.0); };
   }
-  DestinationListeners listeners;
+  HostListeners listeners;
   IncomingMigration incoming(store.value().get(), std::move(opt));
   auto vm = incoming.Run(&in, [&](const BlockTracker& b) { return listeners.For(b); });
   if (!vm.ok()) return Fail("migration failed: " + vm.status().message());

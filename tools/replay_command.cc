@@ -4,16 +4,16 @@
 #include <memory>
 #include <string>
 
-#include "tracker/names.h"
-#include "tools/commands.h"
+#include "bench/impls.h"
+#include "sim/vfio_sim.h"
 #include "store/checkpoint_store.h"
 #include "store/vm_checkpointer.h"
 #include "text/listing.h"
 #include "text/trace.h"
-#include "sim/vfio_sim.h"
-#include "tracker/vm_state.h"
-#include "bench/impls.h"
+#include "tools/commands.h"
 #include "tools/output.h"
+#include "tracker/names.h"
+#include "tracker/vm_state.h"
 
 namespace cvmstate::tools {
 namespace {

@@ -14,9 +14,9 @@
 
 #include "migration/byte_stream.h"
 #include "process.h"
-#include "string_stream.h"
 #include "sim/kvm_attr_sim.h"
 #include "sim/vfio_sim.h"
+#include "string_stream.h"
 #include "tracker/state_digest.h"
 
 namespace cvmstate {

@@ -12,11 +12,11 @@
 #include <fstream>
 #include <random>
 
-#include "text/listing.h"
-#include "tracker/state_digest.h"
-#include "text/trace.h"
 #include "process.h"
+#include "text/listing.h"
+#include "text/trace.h"
 #include "tools/workload.h"
+#include "tracker/state_digest.h"
 
 namespace cvmstate {
 namespace {

@@ -9,16 +9,16 @@
 #include <random>
 #include <thread>
 
-#include "store/checkpoint_store.h"
-#include "store/vm_checkpointer.h"
 #include "migration/byte_stream.h"
 #include "migration/crc32c.h"
 #include "migration/destination.h"
 #include "migration/psk.h"
 #include "migration/source.h"
 #include "migration/tcp.h"
-#include "tracker/state_digest.h"
 #include "process.h"
+#include "store/checkpoint_store.h"
+#include "store/vm_checkpointer.h"
+#include "tracker/state_digest.h"
 
 namespace cvmstate {
 namespace {

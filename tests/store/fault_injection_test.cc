@@ -11,10 +11,10 @@
 #include <mutex>
 #include <random>
 
+#include "process.h"
 #include "store/checkpoint_store.h"
 #include "store/vm_checkpointer.h"
 #include "text/listing.h"
-#include "process.h"
 
 namespace cvmstate {
 namespace {
