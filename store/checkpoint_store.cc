@@ -10,6 +10,8 @@
 #include "codec/chunk_walk.h"
 #include "cvmstate/schema/checkpoint_generated.h"
 #include "cvmstate/schema/manifest_generated.h"
+#include "store/commit_record.h"
+#include "store/info_log.h"
 #include "store/store_keys.h"
 #include "tracker/format.h"
 #include "tracker/names.h"
@@ -125,11 +127,19 @@ Result<std::vector<Stretch>> DecodeStretches(const fbs::BlockManifest& bm, uint6
 
 }  // namespace
 
-CheckpointStore::CheckpointStore(std::unique_ptr<rocksdb::DB> db) : db_(std::move(db)) {}
+CheckpointStore::CheckpointStore(std::unique_ptr<rocksdb::DB> db, std::unique_ptr<CommitRecord> record,
+                                 std::shared_ptr<rocksdb::Logger> log)
+    : log_(std::move(log)), db_(std::move(db)), record_(std::move(record)) {}
 CheckpointStore::~CheckpointStore() = default;
 
 Result<std::unique_ptr<CheckpointStore>> CheckpointStore::Open(const std::string& dir, bool read_only,
                                                                rocksdb::Env* env) {
+  if (dir.empty()) return Status::InvalidArgument("the store directory name is empty");
+  // Read before RocksDB recovers: a commit that lands in between can only
+  // make the database newer than the record, never older.
+  auto record = std::make_unique<CommitRecord>(dir);
+  auto recorded = record->Read();
+  if (!recorded.ok()) return recorded.status().WithPrefix("cannot open store " + Quoted(dir) + ": ");
   rocksdb::Options o;
   if (env != nullptr) o.env = env;
   o.create_if_missing = !read_only;
@@ -138,16 +148,32 @@ Result<std::unique_ptr<CheckpointStore>> CheckpointStore::Open(const std::string
   // Values are zstd frames already; a second compression only costs CPU.
   o.compression = rocksdb::kNoCompression;
   o.paranoid_checks = true;
-  // Small logs: an operator's directory should hold the state, not chatter.
-  o.info_log_level = rocksdb::WARN_LEVEL;
-  o.keep_log_file_num = 2;
-  o.max_log_file_size = 1 << 20;
+  // A damaged WAL record is an error, not the end of the log; only a torn
+  // final write (never acknowledged, as every commit is synced) is dropped.
+  o.wal_recovery_mode = rocksdb::WALRecoveryMode::kTolerateCorruptedTailRecords;
+  // Our own small log, which a full disk cannot turn into an abort.
+  auto log = std::make_shared<InfoLog>(read_only || env != nullptr ? std::string() : dir + "/LOG",
+                                       rocksdb::WARN_LEVEL, size_t{1} << 20);
+  o.info_log = log;
   o.write_buffer_size = 16 << 20;
   o.max_total_wal_size = 64 << 20;
   rocksdb::DB* raw = nullptr;
   rocksdb::Status s = read_only ? rocksdb::DB::OpenForReadOnly(o, dir, &raw) : rocksdb::DB::Open(o, dir, &raw);
-  if (!s.ok()) return FromRocks(s, "cannot open store '" + dir + "'");
-  return std::unique_ptr<CheckpointStore>(new CheckpointStore(std::unique_ptr<rocksdb::DB>(raw)));
+  if (!s.ok()) {
+    if (s.IsIOError() && s.ToString().find("lock file") != std::string::npos) {
+      return Status::IOError("store " + Quoted(dir) + " is in use by another process (" + s.ToString() + ")");
+    }
+    return FromRocks(s, "cannot open store " + Quoted(dir));
+  }
+  std::unique_ptr<rocksdb::DB> db(raw);
+  const uint64_t recovered = db->GetLatestSequenceNumber();
+  if (recovered < recorded.value()) {
+    return Status::Corruption("store " + Quoted(dir) + " has lost committed checkpoints: its last commit was write " +
+                              std::to_string(recorded.value()) + " but the database recovers only to write " +
+                              std::to_string(recovered) + " (a damaged write-ahead log); refusing to use it. To "
+                              "accept the older state, remove " + Quoted(dir + "/" + CommitRecord::kFileName));
+  }
+  return std::unique_ptr<CheckpointStore>(new CheckpointStore(std::move(db), std::move(record), std::move(log)));
 }
 
 Result<std::vector<std::string>> CheckpointStore::ListVms() const {
@@ -178,6 +204,10 @@ Status CheckpointStore::Write(rocksdb::WriteBatch* batch) {
     (void)db_->Resume();
     return FromRocks(s, "cannot commit the checkpoint");
   }
+  // The commit is durable; a record that cannot follow only weakens the
+  // next Open's check (the next commit writes it again).
+  Status r = record_->Record(db_->GetLatestSequenceNumber());
+  if (!r.ok()) rocksdb::Warn(log_, "%s", r.message().c_str());
   return Status::OK();
 }
 

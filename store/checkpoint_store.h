@@ -23,11 +23,14 @@
 
 namespace rocksdb {
 class DB;
+class Logger;
 class Env;
 class WriteBatch;
 }  // namespace rocksdb
 
 namespace cvmstate {
+
+class CommitRecord;
 
 // What a committed checkpoint says about itself.
 struct CheckpointInfo {
@@ -46,7 +49,10 @@ class CheckpointStore {
 
   // Opens (creating if missing, unless read_only) the database in dir.
   // IOError with RocksDB's reason if it cannot (for example another
-  // process holds it open for writing). env (not owned; must outlive the
+  // process holds it open for writing). Corruption if a write-ahead log
+  // record is damaged or the database recovers to an older commit than the
+  // store recorded (docs/store-layout.md, "Durability"): the store never
+  // silently opens an older state. env (not owned; must outlive the
   // store) replaces the default file system, for fault injection.
   static Result<std::unique_ptr<CheckpointStore>> Open(const std::string& dir, bool read_only = false,
                                                        rocksdb::Env* env = nullptr);
@@ -84,7 +90,8 @@ class CheckpointStore {
     uint64_t bytes = 0;    // keys plus values
     uint64_t records = 0;  // chunk records put (deletes are not records)
   };
-  explicit CheckpointStore(std::unique_ptr<rocksdb::DB> db);
+  CheckpointStore(std::unique_ptr<rocksdb::DB> db, std::unique_ptr<CommitRecord> record,
+                  std::shared_ptr<rocksdb::Logger> log);
   // Adds the manifest of `vm` to batch; returns bytes.
   Result<uint64_t> PutManifest(rocksdb::WriteBatch* batch, const std::string& id, const VmState& vm,
                                uint64_t sequence) const;
@@ -96,7 +103,9 @@ class CheckpointStore {
   static uint64_t DeleteAllChunks(rocksdb::WriteBatch* batch, const std::string& id);
   [[nodiscard]] Status Write(rocksdb::WriteBatch* batch);
 
+  std::shared_ptr<rocksdb::Logger> log_;  // outlives db_
   std::unique_ptr<rocksdb::DB> db_;
+  std::unique_ptr<CommitRecord> record_;
 };
 
 }  // namespace cvmstate

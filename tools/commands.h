@@ -13,6 +13,7 @@ void AddBenchCommand(CLI::App& app, int* exit_code);
 void AddDemoCommand(CLI::App& app, int* exit_code);
 void AddDumpCommand(CLI::App& app, int* exit_code);
 void AddMigrateCommand(CLI::App& app, int* exit_code);
+void AddDeleteCommand(CLI::App& app, int* exit_code);
 
 }  // namespace cvmstate::tools
 

@@ -36,6 +36,7 @@ int main(int argc, char** argv) {
   cvmstate::tools::AddGenCommand(app, &exit_code);
   cvmstate::tools::AddDumpCommand(app, &exit_code);
   cvmstate::tools::AddMigrateCommand(app, &exit_code);
+  cvmstate::tools::AddDeleteCommand(app, &exit_code);
   cvmstate::tools::AddBenchCommand(app, &exit_code);
   cvmstate::tools::AddDemoCommand(app, &exit_code);
   try {

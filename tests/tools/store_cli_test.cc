@@ -1,6 +1,10 @@
 // replay --db and dump as operators and scripts use them.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <csignal>
+#include <filesystem>
+
 #include "cvmstate_test.h"
 
 namespace cvmstate::testing {
@@ -100,6 +104,52 @@ TEST_F(StoreCliTest, SvgMemoryMapIsWellFormedAndDraws) {
     }
   }
   EXPECT_GT(ReadFile(dir_ + "/big.svg").size(), ReadFile(dir_ + "/small.svg").size());
+}
+
+TEST_F(StoreCliTest, DeleteIsTheWayOutOfTheTwoGeneralsWindow) {
+  const std::string trace = dir_ + "/s.trace", db = dir_ + "/db", src = dir_ + "/src", stream = dir_ + "/s.stream";
+  ASSERT_EQ(Cvm({"gen", "--profile", "steady", "--size", "16G", "--ops", "1000"}, trace).exit_code, 0);
+  ASSERT_EQ(Cvm({"replay", trace, "--db", src, "--vm", "g", "--quiet"}).exit_code, 0);
+  ASSERT_EQ(Cvm({"replay", trace, "--db", db, "--vm", "other", "--quiet"}).exit_code, 0);
+  ASSERT_EQ(Cvm({"migrate", "send", "--db", src, "--vm", "g", "--to-file", stream}).exit_code, 0);
+  // A destination that committed g and then lost the acknowledgement: every
+  // retry is refused until the operator deletes g.
+  ASSERT_EQ(Cvm({"migrate", "recv", "--from-file", stream, "--db", db}).exit_code, 0);
+  ProcessResult again = Cvm({"migrate", "recv", "--from-file", stream, "--db", db});
+  EXPECT_EQ(again.exit_code, 1);
+  EXPECT_NE(again.err.find("already exists"), std::string::npos) << again.err;
+  // Refused while another process holds the store for writing.
+  {
+    BackgroundProcess holder({CvmstateBinary(), "migrate", "recv", "--listen", "127.0.0.1:0", "--db", db, "--timeout", "30"},
+                             dir_ + "/holder.out", dir_ + "/holder.err");
+    ASSERT_TRUE(holder.WaitForStderr("listening on", 20000)) << holder.Stderr();
+    ProcessResult busy = Cvm({"delete", "--db", db, "--vm", "g"});
+    EXPECT_EQ(busy.exit_code, 1);
+    EXPECT_NE(busy.err.find("in use by another process"), std::string::npos) << busy.err;
+    EXPECT_EQ(std::count(busy.err.begin(), busy.err.end(), '\n'), 1) << busy.err;
+    holder.Kill(SIGKILL);
+  }
+  EXPECT_EQ(Cvm({"dump", "--db", db, "--vm", "g", "--format", "runs"}).exit_code, 0);  // still there
+  ProcessResult del = Cvm({"delete", "--db", db, "--vm", "g"});
+  ASSERT_EQ(del.exit_code, 0) << del.err;
+  ProcessResult gone = Cvm({"dump", "--db", db, "--vm", "g"});
+  EXPECT_EQ(gone.exit_code, 1);
+  EXPECT_NE(gone.err.find("no checkpoint of VM 'g'"), std::string::npos) << gone.err;
+  // Only g went: the other VM is intact, and the retry now succeeds.
+  EXPECT_EQ(Cvm({"dump", "--db", db, "--vm", "other", "--format", "runs"}).out, Cvm({"replay", trace}).out);
+  ASSERT_EQ(Cvm({"migrate", "recv", "--from-file", stream, "--db", db}).exit_code, 0);
+  EXPECT_EQ(Cvm({"dump", "--db", db, "--vm", "g", "--format", "runs"}).out,
+            Cvm({"dump", "--db", src, "--vm", "g", "--format", "runs"}).out);
+  // Nothing to delete, no store, bad arguments.
+  ProcessResult missing = Cvm({"delete", "--db", db, "--vm", "nope"});
+  EXPECT_EQ(missing.exit_code, 1);
+  EXPECT_NE(missing.err.find("no checkpoint of VM 'nope'"), std::string::npos) << missing.err;
+  ProcessResult nostore = Cvm({"delete", "--db", dir_ + "/absent", "--vm", "g"});
+  EXPECT_EQ(nostore.exit_code, 1);
+  EXPECT_FALSE(std::filesystem::exists(dir_ + "/absent"));
+  EXPECT_EQ(Cvm({"delete", "--db", db, "--vm", "a/b"}).exit_code, 2);
+  EXPECT_EQ(Cvm({"delete", "--db", "", "--vm", "g"}).exit_code, 2);
+  EXPECT_EQ(Cvm({"delete", "--db", db}).exit_code, 2);
 }
 
 }  // namespace
