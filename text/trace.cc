@@ -201,14 +201,15 @@ bool TraceReader::Next(std::string_view* line, bool* too_long) {
   line_.clear();
   if (file_ == nullptr) return false;
   int c;
-  bool any = false;
+  bool any = false, in_comment = false;
   while ((c = getc_unlocked(file_)) != EOF) {
     any = true;
     if (c == '\n') break;
     if (line_.size() < kMaxLineLength) {
       line_.push_back(static_cast<char>(c));
-    } else {
-      *too_long = true;
+      if (c == '#') in_comment = true;
+    } else if (!in_comment) {
+      *too_long = true;  // the rest of a comment is skipped, not an error
     }
   }
   if (std::ferror(file_)) {
@@ -244,9 +245,10 @@ Result<std::vector<TraceDirective>> ParseTraceText(std::string_view text) {
     const std::string_view l = text.substr(0, nl);
     text.remove_prefix(nl == std::string_view::npos ? text.size() : nl + 1);
     TraceDirective d;
-    Status s = l.size() > TraceReader::kMaxLineLength
+    const std::string_view head = l.substr(0, TraceReader::kMaxLineLength);
+    Status s = l.size() > head.size() && head.find('#') == std::string_view::npos
                    ? Status::InvalidArgument("line longer than " + std::to_string(TraceReader::kMaxLineLength))
-                   : ParseTraceLine(l, &d);
+                   : ParseTraceLine(head, &d);
     if (!s.ok()) return s.WithPrefix("line " + std::to_string(line) + ": ");
     if (d.kind != TraceDirective::Kind::kEmpty) out.push_back(std::move(d));
   }

@@ -51,7 +51,9 @@ Status ApplyTraceDirective(const TraceDirective& d, VmState* vm);
 Result<std::vector<TraceDirective>> ParseTraceText(std::string_view text);
 
 // Reads a trace file line by line with a bounded buffer: a line longer than
-// kMaxLineLength is reported as an invalid line, never buffered whole.
+// kMaxLineLength is reported as an invalid line, never buffered whole,
+// unless a '#' within its first kMaxLineLength bytes makes the rest a
+// comment (skipped unread: comments have no length limit).
 class TraceReader {
  public:
   static constexpr size_t kMaxLineLength = 4096;
@@ -66,7 +68,8 @@ class TraceReader {
 
   // Reads the next line. Returns false at end of file or on a read error
   // (then read_status() says which). *line stays valid until the next call.
-  // A line that is too long yields *too_long = true and an empty view.
+  // A line that is too long yields *too_long = true and an empty view; a
+  // long comment line yields its first kMaxLineLength bytes.
   bool Next(std::string_view* line, bool* too_long);
   // Reads and parses the next line: false at end of file or on a read
   // error; otherwise *parsed is OK with *d filled in, or says why the line

@@ -7,11 +7,13 @@
 
 #include "tools/commands.h"
 #include "tools/output.h"
+#include "tracker/format.h"
 
 namespace cvmstate::tools {
 
 int Fail(const std::string& msg) {
-  std::fprintf(stderr, "cvmstate: error: %s\n", msg.c_str());
+  const std::string line = "cvmstate: error: " + Printable(msg) + "\n";
+  std::fwrite(line.data(), 1, line.size(), stderr);
   return 1;
 }
 

@@ -12,6 +12,7 @@
 #include "text/trace.h"
 #include "tools/commands.h"
 #include "tools/output.h"
+#include "tracker/format.h"
 #include "tracker/names.h"
 #include "tracker/vm_state.h"
 
@@ -200,7 +201,7 @@ int RunReplay(const ReplayOptions& o) {
     }
     if (!s.ok()) {
       std::fprintf(stderr, "%s:%" PRIu64 ": error: %s\n", o.trace.c_str(), reader.line_number(),
-                   s.message().c_str());
+                   Printable(s.message()).c_str());
       if (!o.keep_going || fatal) return 1;
     }
   }

@@ -31,6 +31,23 @@ std::string FormatSeconds(double seconds) {
   return s + " s";
 }
 
+std::string Printable(std::string_view text) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(text.size());
+  for (const char ch : text) {
+    const unsigned char c = static_cast<unsigned char>(ch);
+    if (c >= 0x20 && c != 0x7f) {
+      out.push_back(ch);
+    } else {
+      out += "\\x";
+      out.push_back(kDigits[c >> 4]);
+      out.push_back(kDigits[c & 15]);
+    }
+  }
+  return out;
+}
+
 std::string Quoted(std::string_view name) {
   static constexpr char kDigits[] = "0123456789abcdef";
   constexpr size_t kMax = 80;

@@ -21,6 +21,10 @@ std::string FormatSeconds(double seconds);
 // NULs, ...) become \xNN, and a name longer than 80 bytes is cut with "...".
 std::string Quoted(std::string_view name);
 
+// text with every control byte (NUL, newline, ...) written as \xNN: a
+// message that reaches a terminal or a log stays one whole line.
+std::string Printable(std::string_view text);
+
 }  // namespace cvmstate
 
 #endif  // CVMSTATE_TRACKER_FORMAT_H_

@@ -152,5 +152,20 @@ TEST_F(StoreCliTest, DeleteIsTheWayOutOfTheTwoGeneralsWindow) {
   EXPECT_EQ(Cvm({"delete", "--db", db}).exit_code, 2);
 }
 
+TEST_F(StoreCliTest, ErrorMessagesStayOneWholeLine) {
+  // A name with a newline and a NUL must neither split the message nor cut it.
+  const std::string odd = dir_ + "/odd\nname";
+  ProcessResult r = Cvm({"replay", odd + ".trace"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  EXPECT_NE(r.err.find("odd\\x0aname.trace"), std::string::npos) << r.err;
+  const std::string trace = dir_ + "/nul.trace";
+  WriteFile(trace, std::string("block a\0b 4K\n", 13));
+  ProcessResult n = Cvm({"replay", trace});
+  EXPECT_EQ(n.exit_code, 1);
+  EXPECT_NE(n.err.find("'a\\x00b'"), std::string::npos) << n.err;
+  EXPECT_EQ(n.err.back(), '\n');
+}
+
 }  // namespace
 }  // namespace cvmstate::testing

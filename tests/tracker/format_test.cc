@@ -48,3 +48,15 @@ TEST(NamesTest, BlockNamesAndVmIdsShareOneRule) {
 
 }  // namespace
 }  // namespace cvmstate
+
+namespace cvmstate {
+namespace {
+
+TEST(PrintableTest, ControlBytesBecomeEscapesSoAMessageStaysOneWholeLine) {
+  EXPECT_EQ(Printable("plain 'text' \\ ok"), "plain 'text' \\ ok");
+  EXPECT_EQ(Printable(std::string("a\0b\nc\r\x7f", 7)), "a\\x00b\\x0ac\\x0d\\x7f");
+  EXPECT_EQ(Printable(""), "");
+}
+
+}  // namespace
+}  // namespace cvmstate
