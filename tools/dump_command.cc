@@ -23,6 +23,7 @@
 #include "tools/human_bytes.h"
 #include "tools/output.h"
 #include "tools/svg_map.h"
+#include "tracker/format.h"
 #include "tracker/state_digest.h"
 
 namespace cvmstate::tools {
@@ -209,6 +210,11 @@ void AddDumpCommand(CLI::App& app, int* exit_code) {
   sub->callback([o, exit_code, db, stream] {
     if (db->count() + stream->count() != 1) {
       std::fprintf(stderr, "cvmstate: usage error: dump needs --db DIR or --stream FILE\n");
+      *exit_code = 2;
+      return;
+    }
+    if (o->db.empty() && o->stream.empty()) {
+      std::fprintf(stderr, "cvmstate: usage error: --db and --stream must name a directory or file\n");
       *exit_code = 2;
       return;
     }

@@ -249,9 +249,14 @@ void AddReplayCommand(CLI::App& app, int* exit_code) {
       ->needs(vfio);
   sub->add_option("--vfio-out", o->vfio_out, "Write the live mappings to FILE: NAME 0xOFFSET 0xLENGTH, sorted")
       ->needs(vfio);
-  sub->callback([o, exit_code] {
-    if (!o->vm.empty() && !IsValidVmId(o->vm)) {
-      std::fprintf(stderr, "cvmstate: usage error: invalid --vm '%s' (1 to 64 of A-Z a-z 0-9 . _ : -)\n", o->vm.c_str());
+  sub->callback([o, exit_code, db, vm] {
+    if (db->count() != 0 && o->db.empty()) {
+      std::fprintf(stderr, "cvmstate: usage error: --db must name a directory\n");
+      *exit_code = 2;
+      return;
+    }
+    if (vm->count() != 0 && !IsValidVmId(o->vm)) {
+      std::fprintf(stderr, "cvmstate: usage error: invalid --vm %s (%s)\n", Quoted(o->vm).c_str(), kVmIdRule);
       *exit_code = 2;
       return;
     }

@@ -167,5 +167,20 @@ TEST_F(StoreCliTest, ErrorMessagesStayOneWholeLine) {
   EXPECT_EQ(n.err.back(), '\n');
 }
 
+TEST_F(StoreCliTest, EmptyStoreNamesAreUsageErrors) {
+  const std::string trace = dir_ + "/t.trace";
+  WriteFile(trace, "block a 1M\nshared a 0 4K\n");
+  // Before, --db "" ran without a store and exited 0: nothing was committed.
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"replay", trace, "--db", "", "--vm", "v"},
+        std::vector<std::string>{"replay", trace, "--db", dir_ + "/db", "--vm", ""},
+        std::vector<std::string>{"dump", "--db", ""}, std::vector<std::string>{"dump", "--stream", ""}}) {
+    ProcessResult r = Cvm(args);
+    EXPECT_EQ(r.exit_code, 2) << args[0] << " " << args[2] << "\n" << r.err;
+    EXPECT_NE(r.err.find("usage error"), std::string::npos) << r.err;
+  }
+  EXPECT_FALSE(std::filesystem::exists(dir_ + "/db"));
+}
+
 }  // namespace
 }  // namespace cvmstate::testing
