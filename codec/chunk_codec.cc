@@ -73,8 +73,7 @@ void AppendRuns(const std::vector<ChunkRun>& runs, std::string* raw) {
   PutVarint(raw, runs.size());
   for (size_t i = 0; i < runs.size(); i += 4) {
     uint8_t packed = 0;
-    for (size_t k = 0; k < 4 && i + k < runs.size(); ++k)
-      packed |= static_cast<uint8_t>(runs[i + k].state) << (2 * k);
+    for (size_t k = 0; k < 4 && i + k < runs.size(); ++k) packed |= static_cast<uint8_t>(runs[i + k].state) << (2 * k);
     raw->push_back(static_cast<char>(packed));
   }
   for (const ChunkRun& r : runs) PutVarint(raw, r.pages);
@@ -99,15 +98,13 @@ Status ZstdCompress(std::string_view raw, std::string* out) {
 }
 
 Status ZstdDecompressExact(std::string_view frame, size_t size, size_t cap, std::string* out) {
-  if (size > cap)
-    return Status::Corruption("declared size " + std::to_string(size) + " over the cap");
+  if (size > cap) return Status::Corruption("declared size " + std::to_string(size) + " over the cap");
   ZSTD_frameHeader h;
   if (ZSTD_getFrameHeader(&h, frame.data(), frame.size()) != 0 || h.frameType != ZSTD_frame) {
     return Status::Corruption("not a zstd frame");
   }
   if (!h.checksumFlag) return Status::Corruption("zstd frame without checksum");
-  if (h.frameContentSize != size)
-    return Status::Corruption("zstd content size differs from the declared size");
+  if (h.frameContentSize != size) return Status::Corruption("zstd content size differs from the declared size");
   ZSTD_DCtx* d = DCtx();
   if (d == nullptr) return Status::IOError("zstd: cannot create a decompression context");
   out->assign(size, '\0');
@@ -140,8 +137,7 @@ Status ZstdStreamReader::Reset(std::string_view frame, size_t size) {
     return Status::Corruption("not a zstd frame");
   }
   if (!h.checksumFlag) return Status::Corruption("zstd frame without checksum");
-  if (h.frameContentSize != size)
-    return Status::Corruption("zstd content size differs from the declared size");
+  if (h.frameContentSize != size) return Status::Corruption("zstd content size differs from the declared size");
   if (!m.d) {
     m.d.reset(ZSTD_createDCtx());
     if (!m.d) return Status::IOError("zstd: cannot create a decompression context");
@@ -168,14 +164,12 @@ Status ZstdStreamReader::Next(std::string_view* piece) {
     const size_t in_before = m.in.pos;
     const size_t r = ZSTD_decompressStream(m.d.get(), &out, &m.in);
     if (ZSTD_isError(r)) return Status::Corruption(std::string("zstd: ") + ZSTD_getErrorName(r));
-    if (out.pos > m.size - m.produced)
-      return Status::Corruption("zstd output exceeds the declared size");
+    if (out.pos > m.size - m.produced) return Status::Corruption("zstd output exceeds the declared size");
     m.produced += out.pos;
     if (r == 0) {  // the frame ended, its checksum checked
       m.done = true;
       if (m.in.pos != m.in.size) return Status::Corruption("trailing bytes after the zstd frame");
-      if (m.produced != m.size)
-        return Status::Corruption("zstd output size differs from the declared size");
+      if (m.produced != m.size) return Status::Corruption("zstd output size differs from the declared size");
     }
     if (out.pos > 0) {
       *piece = std::string_view(m.buf.get(), out.pos);
@@ -187,13 +181,12 @@ Status ZstdStreamReader::Next(std::string_view* piece) {
   return Status::OK();
 }
 
-Status DecodeChunk(std::string_view payload, uint32_t raw_size, uint64_t chunk_pages,
-                   uint32_t expected_runs, std::vector<ChunkRun>* runs) {
+Status DecodeChunk(std::string_view payload, uint32_t raw_size, uint64_t chunk_pages, uint32_t expected_runs,
+                   std::vector<ChunkRun>* runs) {
   runs->clear();
   if (expected_runs < 2 || expected_runs > chunk_pages) {
-    return Status::Corruption("run count " + std::to_string(expected_runs) +
-                              " impossible for a chunk of " + std::to_string(chunk_pages) +
-                              " pages");
+    return Status::Corruption("run count " + std::to_string(expected_runs) + " impossible for a chunk of " +
+                              std::to_string(chunk_pages) + " pages");
   }
   if (raw_size == 0) return Status::Corruption("empty payload");
   std::string raw;
@@ -202,14 +195,12 @@ Status DecodeChunk(std::string_view payload, uint32_t raw_size, uint64_t chunk_p
   std::string_view in(raw);
   Status s = ParseRuns(&in, chunk_pages, expected_runs, runs);
   if (!s.ok()) return s;
-  if (runs->size() != expected_runs)
-    return Status::Corruption("run count differs from the record's");
+  if (runs->size() != expected_runs) return Status::Corruption("run count differs from the record's");
   if (!in.empty()) return Status::Corruption("trailing bytes after the runs");
   return Status::OK();
 }
 
-Status ParseRuns(std::string_view* in, uint64_t pages, uint64_t max_runs,
-                 std::vector<ChunkRun>* runs) {
+Status ParseRuns(std::string_view* in, uint64_t pages, uint64_t max_runs, std::vector<ChunkRun>* runs) {
   runs->clear();
   uint64_t count;
   if (!GetVarint(in, &count) || count == 0 || count > max_runs || count > pages) {
@@ -223,15 +214,13 @@ Status ParseRuns(std::string_view* in, uint64_t pages, uint64_t max_runs,
   uint64_t total = 0;
   for (uint64_t i = 0; i < count; ++i) {
     const unsigned s = (static_cast<uint8_t>(states[i / 4]) >> (2 * (i % 4))) & 3;
-    if (!IsValidPageStateValue(s))
-      return Status::Corruption("invalid state value " + std::to_string(s));
+    if (!IsValidPageStateValue(s)) return Status::Corruption("invalid state value " + std::to_string(s));
     uint64_t len;
     if (!GetVarint(in, &len) || len == 0 || len > pages - total) {
       return Status::Corruption("run " + std::to_string(i) + " has a bad length");
     }
     if (i > 0 && static_cast<unsigned>(runs->back().state) == s) {
-      return Status::Corruption("runs " + std::to_string(i - 1) + " and " + std::to_string(i) +
-                                " are not maximal");
+      return Status::Corruption("runs " + std::to_string(i - 1) + " and " + std::to_string(i) + " are not maximal");
     }
     total += len;
     runs->push_back({len, static_cast<PageState>(s)});
@@ -241,8 +230,7 @@ Status ParseRuns(std::string_view* in, uint64_t pages, uint64_t max_runs,
     return Status::Corruption("stray state bits");
   }
   if (total != pages) {
-    return Status::Corruption("runs cover " + std::to_string(total) + " of " +
-                              std::to_string(pages) + " pages");
+    return Status::Corruption("runs cover " + std::to_string(total) + " of " + std::to_string(pages) + " pages");
   }
   return Status::OK();
 }

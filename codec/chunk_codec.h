@@ -68,8 +68,7 @@ class ZstdStreamReader {
 void AppendRuns(const std::vector<ChunkRun>& runs, std::string* raw);
 // Consumes one raw run list from *in that must cover exactly `pages` pages
 // with at most max_runs maximal runs. Corruption with a reason otherwise.
-Status ParseRuns(std::string_view* in, uint64_t pages, uint64_t max_runs,
-                 std::vector<ChunkRun>* runs);
+Status ParseRuns(std::string_view* in, uint64_t pages, uint64_t max_runs, std::vector<ChunkRun>* runs);
 
 // Largest raw encoding of a chunk of `chunk_pages` pages.
 size_t MaxRawChunkBytes(uint64_t chunk_pages);
@@ -80,8 +79,8 @@ Status EncodeChunk(const std::vector<ChunkRun>& runs, std::string* out, uint32_t
 // Decompresses and checks a payload; *runs gets exactly `expected_runs`
 // maximal runs covering `chunk_pages` pages. Corruption (with a reason)
 // otherwise; the caller adds which VM, block and chunk.
-Status DecodeChunk(std::string_view payload, uint32_t raw_size, uint64_t chunk_pages,
-                   uint32_t expected_runs, std::vector<ChunkRun>* runs);
+Status DecodeChunk(std::string_view payload, uint32_t raw_size, uint64_t chunk_pages, uint32_t expected_runs,
+                   std::vector<ChunkRun>* runs);
 
 }  // namespace cvmstate
 

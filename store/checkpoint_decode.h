@@ -46,8 +46,8 @@ class ChunkRecordSource {
 // in its place and used), and checks the state's digest. Corruption naming
 // the VM, block and chunk if any byte is wrong; a failed read of `records`
 // keeps its code. *info (optional) gets the manifest's figures.
-Result<VmState> DecodeCheckpoint(const std::string& id, std::string_view manifest,
-                                 ChunkRecordSource* records, CheckpointInfo* info = nullptr);
+Result<VmState> DecodeCheckpoint(const std::string& id, std::string_view manifest, ChunkRecordSource* records,
+                                 CheckpointInfo* info = nullptr);
 
 }  // namespace cvmstate
 

@@ -70,10 +70,7 @@ TEST(CheckpointStoreTest, RoundTripsRandomStatesOfSeveralVms) {
     vms[v].id = "vm-" + std::to_string(v);
     vms[v].cp = std::make_unique<VmCheckpointer>(store.get(), vms[v].id);
     // Sizes that are not chunk multiples, 4 KiB and 2 MiB pages, all initials.
-    ASSERT_TRUE(
-        vms[v]
-            .state.AddBlock("ram", (uint64_t{3} << 30) + (v + 1) * 40960, 4096, PageState::kPrivate)
-            .ok());
+    ASSERT_TRUE(vms[v].state.AddBlock("ram", (uint64_t{3} << 30) + (v + 1) * 40960, 4096, PageState::kPrivate).ok());
     ASSERT_TRUE(vms[v].state.AddBlock("huge", uint64_t{8} << 30, 2 << 20, PageState::kShared).ok());
     ASSERT_TRUE(vms[v].state.AddBlock("small", 1 << 20, 4096, PageState::kDiscarded).ok());
   }
@@ -147,14 +144,12 @@ TEST(CheckpointStoreTest, IncrementalCheckpointIsSmall) {
   BlockTracker* b = vm.Find("/objects/mem0");
   const uint64_t base = uint64_t{5} << 30;
   for (int i = 0; i < 100; ++i) {
-    ASSERT_TRUE(
-        b->Convert(base + (rng() % 262144) * 4096, 4096, static_cast<PageState>(rng() % 3)).ok());
+    ASSERT_TRUE(b->Convert(base + (rng() % 262144) * 4096, 4096, static_cast<PageState>(rng() % 3)).ok());
   }
   auto inc = cp.CommitState(vm);
   ASSERT_TRUE(inc.ok());
   std::fprintf(stderr, "full checkpoint %llu bytes, incremental after 100 conversions %llu bytes\n",
-               static_cast<unsigned long long>(full->bytes),
-               static_cast<unsigned long long>(inc->bytes));
+               static_cast<unsigned long long>(full->bytes), static_cast<unsigned long long>(inc->bytes));
   EXPECT_LE(inc->bytes * 20, full->bytes);
   auto loaded = store->Load("guest");
   ASSERT_TRUE(loaded.ok());
@@ -176,8 +171,7 @@ TEST(CheckpointStoreTest, CorruptedValuesAreRefused) {
   rocksdb::DB* db = store->db();
   std::vector<std::pair<std::string, std::string>> kv;
   std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(rocksdb::ReadOptions()));
-  for (it->SeekToFirst(); it->Valid(); it->Next())
-    kv.push_back({it->key().ToString(), it->value().ToString()});
+  for (it->SeekToFirst(); it->Valid(); it->Next()) kv.push_back({it->key().ToString(), it->value().ToString()});
   ASSERT_GT(kv.size(), 10u);
   std::mt19937_64 rng(1);
   int refused = 0, same = 0;
@@ -292,8 +286,7 @@ TEST(CheckpointStoreTest, SurvivesSigkillAtRandomMoments) {
   std::mt19937_64 rng(77);
   int loaded_any = 0, killed_mid_run = 0;
   for (int round = 0; round < 12; ++round) {
-    const std::string db =
-        dir + "/db" + std::to_string(round % 3);  // some runs replace an older VM
+    const std::string db = dir + "/db" + std::to_string(round % 3);  // some runs replace an older VM
     int err_pipe[2];
     ASSERT_EQ(pipe(err_pipe), 0);
     pid_t pid = fork();
@@ -301,8 +294,8 @@ TEST(CheckpointStoreTest, SurvivesSigkillAtRandomMoments) {
     if (pid == 0) {
       dup2(err_pipe[1], 2);
       close(err_pipe[0]);
-      execl(testing::CvmstateBinary().c_str(), "cvmstate", "replay", "--quiet", "--db", db.c_str(),
-            "--vm", "v", (dir + "/t.trace").c_str(), static_cast<char*>(nullptr));
+      execl(testing::CvmstateBinary().c_str(), "cvmstate", "replay", "--quiet", "--db", db.c_str(), "--vm", "v",
+            (dir + "/t.trace").c_str(), static_cast<char*>(nullptr));
       _exit(127);
     }
     close(err_pipe[1]);
@@ -336,13 +329,11 @@ TEST(CheckpointStoreTest, SurvivesSigkillAtRandomMoments) {
       ASSERT_GE(info.sequence, reported) << "older than the last reported checkpoint";
     }
     ASSERT_LT(info.sequence, expected.size());
-    ASSERT_EQ(ComputeStateDigest(vm.value()), expected[info.sequence])
-        << "checkpoint " << info.sequence;
+    ASSERT_EQ(ComputeStateDigest(vm.value()), expected[info.sequence]) << "checkpoint " << info.sequence;
   }
   EXPECT_GT(loaded_any, 3);
   EXPECT_GT(killed_mid_run, 6) << "the kills should land while the child runs";
-  std::fprintf(stderr, "%d of 12 children killed mid-run, %d stores loaded\n", killed_mid_run,
-               loaded_any);
+  std::fprintf(stderr, "%d of 12 children killed mid-run, %d stores loaded\n", killed_mid_run, loaded_any);
 }
 
 TEST(CheckpointStoreTest, ClearErrorsForBadDirectories) {
@@ -396,8 +387,7 @@ TEST(CheckpointStoreTest, ALongLivedVmsJournalStaysAsSmallAsItsLastChanges) {
   for (int c = 0; c < 200; ++c) {
     // Conversions all over the block, each checkpoint in other places.
     for (int i = 0; i < 50; ++i) {
-      ASSERT_TRUE(
-          vm.block(0).Convert((rng() % (uint64_t{1} << 28)) * 4096, 4096, PageState::kShared).ok());
+      ASSERT_TRUE(vm.block(0).Convert((rng() % (uint64_t{1} << 28)) * 4096, 4096, PageState::kShared).ok());
     }
     ASSERT_TRUE(cp.CommitState(vm).ok());
     most = std::max(most, vm.block(0).journal().ChangedSince(0).size());
@@ -423,8 +413,7 @@ struct ChildRun {
 // cap) and returns what fn returned. Neither returns into the test
 // framework.
 ChildRun InChild(
-    size_t budget, const std::function<std::string()>& fn,
-    const std::function<void()>& setup = [] {}) {
+    size_t budget, const std::function<std::string()>& fn, const std::function<void()>& setup = [] {}) {
   int fds[2];
   EXPECT_EQ(::pipe(fds), 0);
   const pid_t pid = ::fork();
@@ -474,8 +463,7 @@ ChildRun InChild(
   ::close(fds[1]);
   std::string got;
   char buf[4096];
-  for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0;)
-    got.append(buf, static_cast<size_t>(n));
+  for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0;) got.append(buf, static_cast<size_t>(n));
   ::close(fds[0]);
   int st = 0;
   struct rusage ru {};
@@ -512,8 +500,7 @@ BoundedLoad LoadInBoundedChild(const std::string& dir, const std::string& vm, si
       [&]() -> std::string {
         if (!store) return "open failed: " + open_error;
         auto loaded = store->Load(vm);
-        return "code " + std::to_string(static_cast<int>(loaded.status().code())) + " " +
-               loaded.status().message();
+        return "code " + std::to_string(static_cast<int>(loaded.status().code())) + " " + loaded.status().message();
       },
       [&] {
         // Opening RocksDB is not the load's cost: it comes first.
@@ -552,10 +539,9 @@ std::string CraftManifest(const std::string& vm, const CraftedBlock& b, uint64_t
   std::vector<flatbuffers::Offset<fbs::BlockManifest>> blocks;
   blocks.push_back(fbs::CreateBlockManifest(
       fb, fb.CreateString("ram"), b.size, 4096, static_cast<uint8_t>(PageState::kShared),
-      fb.CreateVector(reinterpret_cast<const uint8_t*>(b.stretches.data()), b.stretches.size()),
-      b.raw_size, b.count));
-  auto m = fbs::CreateManifest(fb, 1, fb.CreateString(vm), 1, CheckpointStore::kChunkShift, 0,
-                               fb.CreateVector(blocks), digest, 0);
+      fb.CreateVector(reinterpret_cast<const uint8_t*>(b.stretches.data()), b.stretches.size()), b.raw_size, b.count));
+  auto m = fbs::CreateManifest(fb, 1, fb.CreateString(vm), 1, CheckpointStore::kChunkShift, 0, fb.CreateVector(blocks),
+                               digest, 0);
   fbs::FinishManifestBuffer(fb, m);
   return std::string(reinterpret_cast<const char*>(fb.GetBufferPointer()), fb.GetSize());
 }
@@ -603,8 +589,7 @@ TEST(CheckpointStoreTest, ClaimedStretchSizesAllocateNothing) {
   ASSERT_TRUE(r.returned) << r.message;
   EXPECT_EQ(r.code, Status::Code::kCorruption) << r.message;
   EXPECT_NE(r.message.find("chunk stretches"), std::string::npos) << r.message;
-  std::fprintf(stderr, "claimed 4 GiB of stretches: %s (peak %ld MB)\n", r.message.c_str(),
-               r.max_rss_mb);
+  std::fprintf(stderr, "claimed 4 GiB of stretches: %s (peak %ld MB)\n", r.message.c_str(), r.max_rss_mb);
 
   // A real frame of 2000 bytes declared as 2002, holding one stretch
   // more than declared, or cut short.
@@ -650,10 +635,7 @@ TEST(CheckpointStoreTest, ManyStretchesCostOnlyTheRunMap) {
     auto block = BlockTracker::Create("ram", b.size, 4096, PageState::kShared);
     if (!block.ok()) return std::string("cannot create");
     for (uint64_t k = 1; k < count; k += 2) {
-      if (!block.value()
-               ->Convert(k << kChunkBytesShift, uint64_t{1} << kChunkBytesShift,
-                         PageState::kPrivate)
-               .ok()) {
+      if (!block.value()->Convert(k << kChunkBytesShift, uint64_t{1} << kChunkBytesShift, PageState::kPrivate).ok()) {
         return std::string("cannot convert");
       }
     }
@@ -671,14 +653,13 @@ TEST(CheckpointStoreTest, ManyStretchesCostOnlyTheRunMap) {
   // window): this decoder takes the run map and 34 MB here, the old one
   // 63 MB, a vector of every stretch and the raw stream besides.
   const size_t budget = (runmap_mb + 48) << 20;
-  std::fprintf(stderr, "manifest of %zu bytes, %u stretches; run map %zu MiB, budget %zu MiB\n",
-               manifest.size(), count, runmap_mb, budget >> 20);
+  std::fprintf(stderr, "manifest of %zu bytes, %u stretches; run map %zu MiB, budget %zu MiB\n", manifest.size(), count,
+               runmap_mb, budget >> 20);
   BoundedLoad r = LoadInBoundedChild(StoreWithManifest(manifest), "g", budget);
   ASSERT_EQ(r.signal, 0) << "the load died by signal " << r.signal;
   ASSERT_TRUE(r.returned) << r.message;
   EXPECT_EQ(r.code, Status::Code::kOk) << r.message;
-  std::fprintf(stderr, "valid: loaded, peak RSS %ld MB, address space +%ld MB\n", r.max_rss_mb,
-               r.as_growth_mb);
+  std::fprintf(stderr, "valid: loaded, peak RSS %ld MB, address space +%ld MB\n", r.max_rss_mb, r.as_growth_mb);
 
   // The last stretch says "shared" twice in a row (not maximal).
   {
@@ -691,8 +672,7 @@ TEST(CheckpointStoreTest, ManyStretchesCostOnlyTheRunMap) {
   ASSERT_EQ(r.signal, 0);
   ASSERT_TRUE(r.returned) << r.message;
   EXPECT_EQ(r.code, Status::Code::kCorruption) << r.message;
-  std::fprintf(stderr, "bad last stretch: %s (address space +%ld MB)\n", r.message.c_str(),
-               r.as_growth_mb);
+  std::fprintf(stderr, "bad last stretch: %s (address space +%ld MB)\n", r.message.c_str(), r.as_growth_mb);
 
   // A flipped checksum byte (the frame's last four bytes).
   CraftedBlock c = b;
