@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cinttypes>
 #include <cstdio>
+#include <new>
 #include <thread>
 
 #include "bench/impls.h"
@@ -85,7 +86,7 @@ Status ParseTraceFile(const std::string& path, ParsedTrace* out) {
   return reader.read_status();
 }
 
-BenchReport RunBench(const ParsedTrace& trace, int repeat) {
+Result<BenchReport> RunBench(const ParsedTrace& trace, int repeat) {
   repeat = std::max(repeat, 1);
   BenchReport report;
   report.ops = trace.ops.size();
@@ -117,22 +118,33 @@ BenchReport RunBench(const ParsedTrace& trace, int repeat) {
       std::unique_ptr<TrackerImpl> impl;
       double ns = 0;
       const size_t heap0 = HeapBytesInUse();
+      // An exception must not leave the thread (std::terminate): it is
+      // caught there and carried out.
+      bool out_of_memory = false;
       std::thread builder([&] {
-        impl = MakeImpl(name);
-        for (const auto& b : trace.blocks) {
-          Status s = impl->AddBlock(b.pages, b.initial);
-          if (!s.ok()) {
-            r.supported = false;
-            r.why_unsupported = s.message();
-            return;
+        try {
+          impl = MakeImpl(name);
+          for (const auto& b : trace.blocks) {
+            Status s = impl->AddBlock(b.pages, b.initial);
+            if (!s.ok()) {
+              r.supported = false;
+              r.why_unsupported = s.message();
+              return;
+            }
           }
+          auto t0 = Clock::now();
+          for (const BenchOp& op : trace.ops) impl->Assign(op.block, op.begin, op.end, op.state);
+          ns = NsSince(t0);
+          impl->Finish();
+        } catch (const std::bad_alloc&) {
+          impl.reset();  // frees what it got
+          out_of_memory = true;
         }
-        auto t0 = Clock::now();
-        for (const BenchOp& op : trace.ops) impl->Assign(op.block, op.begin, op.end, op.state);
-        ns = NsSince(t0);
-        impl->Finish();
       });
       builder.join();
+      if (out_of_memory) {
+        return Status::Refused("out of memory in the " + name + (name == ImplNames()[0] ? "" : " baseline"));
+      }
       if (!r.supported) break;
       r.bytes = HeapBytesInUse() - heap0;
       apply.push_back(trace.ops.empty() ? 0 : ns / static_cast<double>(trace.ops.size()));

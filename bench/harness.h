@@ -56,7 +56,10 @@ struct BenchReport {
 };
 
 // Replays `trace` into every implementation `repeat` times (at least once).
-BenchReport RunBench(const ParsedTrace& trace, int repeat);
+// If an implementation cannot get its memory (std::bad_alloc while it is
+// built on its own thread), stops there: Refused saying which, for example
+// "out of memory in the bitmap baseline".
+Result<BenchReport> RunBench(const ParsedTrace& trace, int repeat);
 
 }  // namespace cvmstate::bench
 

@@ -116,6 +116,71 @@ Status ZstdDecompressExact(std::string_view frame, size_t size, size_t cap, std:
   return Status::OK();
 }
 
+struct ZstdStreamReader::Impl {
+  std::unique_ptr<ZSTD_DCtx, DCtxFree> d;
+  std::unique_ptr<char[]> buf;
+  ZSTD_inBuffer in{nullptr, 0, 0};
+  size_t size = 0;      // declared content size
+  size_t produced = 0;  // bytes handed out so far
+  bool started = false;
+  bool done = false;
+};
+
+ZstdStreamReader::ZstdStreamReader() : impl_(std::make_unique<Impl>()) {}
+ZstdStreamReader::~ZstdStreamReader() = default;
+
+Status ZstdStreamReader::Reset(std::string_view frame, size_t size) {
+  Impl& m = *impl_;
+  m.started = false;
+  ZSTD_frameHeader h;
+  if (ZSTD_getFrameHeader(&h, frame.data(), frame.size()) != 0 || h.frameType != ZSTD_frame) {
+    return Status::Corruption("not a zstd frame");
+  }
+  if (!h.checksumFlag) return Status::Corruption("zstd frame without checksum");
+  if (h.frameContentSize != size) return Status::Corruption("zstd content size differs from the declared size");
+  if (!m.d) {
+    m.d.reset(ZSTD_createDCtx());
+    if (!m.d) return Status::IOError("zstd: cannot create a decompression context");
+    // The same cap as ZstdDecompressExact: the window zstd allocates for a
+    // stream is at most 8 MiB whatever the frame asks for.
+    ZSTD_DCtx_setParameter(m.d.get(), ZSTD_d_windowLogMax, 23);
+    m.buf = std::make_unique<char[]>(kPieceBytes);
+  }
+  ZSTD_DCtx_reset(m.d.get(), ZSTD_reset_session_only);
+  m.in = {frame.data(), frame.size(), 0};
+  m.size = size;
+  m.produced = 0;
+  m.done = false;
+  m.started = true;
+  return Status::OK();
+}
+
+Status ZstdStreamReader::Next(std::string_view* piece) {
+  Impl& m = *impl_;
+  *piece = {};
+  if (!m.started) return Status::Corruption("zstd: no frame");
+  while (!m.done) {
+    ZSTD_outBuffer out{m.buf.get(), kPieceBytes, 0};
+    const size_t in_before = m.in.pos;
+    const size_t r = ZSTD_decompressStream(m.d.get(), &out, &m.in);
+    if (ZSTD_isError(r)) return Status::Corruption(std::string("zstd: ") + ZSTD_getErrorName(r));
+    if (out.pos > m.size - m.produced) return Status::Corruption("zstd output exceeds the declared size");
+    m.produced += out.pos;
+    if (r == 0) {  // the frame ended, its checksum checked
+      m.done = true;
+      if (m.in.pos != m.in.size) return Status::Corruption("trailing bytes after the zstd frame");
+      if (m.produced != m.size) return Status::Corruption("zstd output size differs from the declared size");
+    }
+    if (out.pos > 0) {
+      *piece = std::string_view(m.buf.get(), out.pos);
+      return Status::OK();
+    }
+    if (!m.done && m.in.pos == m.in.size) return Status::Corruption("truncated zstd frame");
+    if (!m.done && m.in.pos == in_before) return Status::Corruption("zstd makes no progress");
+  }
+  return Status::OK();
+}
+
 Status DecodeChunk(std::string_view payload, uint32_t raw_size, uint64_t chunk_pages, uint32_t expected_runs,
                    std::vector<ChunkRun>* runs) {
   runs->clear();

@@ -10,6 +10,7 @@
 #define CVMSTATE_CODEC_CHUNK_CODEC_H_
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -34,6 +35,34 @@ Status ZstdCompress(std::string_view raw, std::string* out);
 // Decompresses a frame that must hold exactly `size` bytes (size <= cap is
 // checked first), with its checksum, and a capped window.
 Status ZstdDecompressExact(std::string_view frame, size_t size, size_t cap, std::string* out);
+
+// Decompresses one zstd frame in pieces of at most kPieceBytes, so that
+// memory never depends on what the frame claims: the frame must declare a
+// content size equal to `size`, carry a checksum and fit a window of at
+// most 8 MiB; the output is counted (more than `size` bytes fails at once)
+// and the checksum is checked when the frame ends. One reader may be
+// Reset for many frames (it keeps its context, about 100 KiB plus the
+// window). Not thread-safe.
+class ZstdStreamReader {
+ public:
+  static constexpr size_t kPieceBytes = size_t{64} << 10;
+  ZstdStreamReader();
+  ~ZstdStreamReader();
+  ZstdStreamReader(const ZstdStreamReader&) = delete;
+  ZstdStreamReader& operator=(const ZstdStreamReader&) = delete;
+
+  // Starts on `frame` (which must outlive the reads). Corruption if its
+  // header is not that of a checksummed frame of `size` bytes.
+  [[nodiscard]] Status Reset(std::string_view frame, size_t size);
+  // Sets *piece to the next decoded bytes (valid until the next call). An
+  // empty piece means the frame ended with exactly `size` bytes, a good
+  // checksum and nothing after it. Corruption (with a reason) otherwise.
+  [[nodiscard]] Status Next(std::string_view* piece);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
 
 // Appends the raw form of runs (count, packed states, lengths).
 void AppendRuns(const std::vector<ChunkRun>& runs, std::string* raw);

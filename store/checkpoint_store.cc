@@ -10,6 +10,7 @@
 #include "codec/chunk_walk.h"
 #include "cvmstate/schema/checkpoint_generated.h"
 #include "cvmstate/schema/manifest_generated.h"
+#include "store/checkpoint_decode.h"
 #include "store/commit_record.h"
 #include "store/info_log.h"
 #include "store/store_keys.h"
@@ -23,11 +24,9 @@ namespace {
 namespace fbs = cvmstate::schema;
 using namespace store_keys;
 
-constexpr uint32_t kFormatVersion = 1;
+constexpr uint32_t kFormatVersion = store_format::kFormatVersion;
 constexpr unsigned kChunkShift = CheckpointStore::kChunkShift;
-constexpr size_t kMaxManifestBytes = size_t{64} << 20;
-constexpr size_t kMaxRecordBytes = size_t{4} << 20;
-constexpr uint8_t kDetailed = 3;  // a stretch of chunks that have records
+constexpr uint8_t kDetailed = store_format::kDetailed;
 
 Status FromRocks(const rocksdb::Status& s, const std::string& what) {
   if (s.IsCorruption()) return Status::Corruption(what + ": " + s.ToString());
@@ -58,71 +57,6 @@ std::vector<Stretch> BlockStretches(const BlockTracker& b) {
       [&](uint64_t a, uint64_t z, PageState s) { add(z - a, static_cast<uint8_t>(s)); },
       [&](uint64_t, const std::vector<ChunkRun>&) { add(1, kDetailed); });
   return v;
-}
-
-// The verified manifest of one VM; `bytes` keeps the buffer it points into.
-struct ManifestView {
-  std::string bytes;
-  const fbs::Manifest* manifest = nullptr;
-};
-
-// Reads a chunk record at the iterator, checks it belongs at (id, bi, c)
-// and decodes its runs. `where` names the chunk for messages.
-Status ReadChunkRecord(rocksdb::Iterator* it, const std::string& id, uint32_t bi, const std::string& bname,
-                       uint64_t c, uint64_t chunk_pages, const std::string& where, std::string* record,
-                       std::vector<ChunkRun>* runs) {
-  const std::string prefix = ChunkPrefix(id);
-  if (!it->Valid() || !it->key().starts_with(prefix)) {
-    if (!it->status().ok()) return FromRocks(it->status(), where);
-    return Status::Corruption(where + ": record missing");
-  }
-  if (it->key().ToString() != ChunkKey(id, bi, c)) return Status::Corruption(where + ": record missing or out of place");
-  if (it->value().size() > kMaxRecordBytes) return Status::Corruption(where + ": record too large");
-  // FlatBuffers needs aligned data; an iterator's slice may not be.
-  *record = it->value().ToString();
-  auto* rb = reinterpret_cast<const uint8_t*>(record->data());
-  flatbuffers::Verifier rv(rb, record->size(), 16, 64);
-  if (!fbs::ChunkRecordBufferHasIdentifier(rb) || !fbs::VerifyChunkRecordBuffer(rv)) {
-    return Status::Corruption(where + ": record fails verification");
-  }
-  const fbs::ChunkRecord* r = fbs::GetChunkRecord(rb);
-  if (r->format_version() != kFormatVersion || r->vm() == nullptr || r->vm()->str() != id || r->block() == nullptr ||
-      r->block()->str() != bname || r->block_index() != bi || r->chunk() != c || r->chunk_pages() != chunk_pages ||
-      r->encoding() != fbs::ChunkEncoding::RunLengthV1 || r->payload() == nullptr) {
-    return Status::Corruption(where + ": record does not match its place");
-  }
-  Status s = DecodeChunk(std::string_view(reinterpret_cast<const char*>(r->payload()->data()), r->payload()->size()),
-                         r->raw_size(), chunk_pages, r->runs(), runs);
-  if (!s.ok()) return Status::Corruption(where + ": " + s.message());
-  return Status::OK();
-}
-
-// Decodes a block's stretches: capped before zstd runs, then checked.
-Result<std::vector<Stretch>> DecodeStretches(const fbs::BlockManifest& bm, uint64_t chunks, const std::string& where) {
-  if (bm.stretches() == nullptr || bm.stretch_count() == 0 || bm.stretch_count() > chunks) {
-    return Status::Corruption(where + ": bad chunk stretches");
-  }
-  std::string raw;
-  Status zs =
-      ZstdDecompressExact(std::string_view(reinterpret_cast<const char*>(bm.stretches()->data()), bm.stretches()->size()),
-                          bm.stretches_raw_size(), size_t{bm.stretch_count()} * 11, &raw);
-  if (!zs.ok()) return Status::Corruption(where + ": chunk stretches: " + zs.message());
-  std::vector<Stretch> out;
-  std::string_view in(raw);
-  uint64_t chunk = 0;
-  for (uint32_t k = 0; k < bm.stretch_count(); ++k) {
-    uint64_t count;
-    if (!GetVarint(&in, &count) || count == 0 || count > chunks - chunk || in.empty()) {
-      return Status::Corruption(where + ": bad chunk stretch " + std::to_string(k));
-    }
-    const uint8_t st = static_cast<uint8_t>(in.front());
-    in.remove_prefix(1);
-    if (st > kDetailed) return Status::Corruption(where + ": bad chunk stretch state");
-    out.push_back({count, st});
-    chunk += count;
-  }
-  if (chunk != chunks || !in.empty()) return Status::Corruption(where + ": chunk stretches do not cover the block");
-  return out;
 }
 
 }  // namespace
@@ -324,106 +258,35 @@ Status CheckpointStore::DeleteVm(const std::string& id) {
 
 namespace {
 
-Result<ManifestView> ReadManifest(rocksdb::DB* db, const std::string& id, const std::string& where) {
-  ManifestView v;
-  rocksdb::Status rs = db->Get(rocksdb::ReadOptions(), ManifestKey(id), &v.bytes);
-  if (rs.IsNotFound()) return Status::NotFound("no checkpoint of " + where + " in this store");
-  if (!rs.ok()) return FromRocks(rs, "cannot read the manifest of " + where);
-  if (v.bytes.size() > kMaxManifestBytes) {
-    return Status::Corruption(where + ": manifest of " + std::to_string(v.bytes.size()) + " bytes is too large");
+// A VM's chunk records through a RocksDB iterator, for DecodeCheckpoint.
+class RocksRecordSource final : public ChunkRecordSource {
+ public:
+  RocksRecordSource(rocksdb::DB* db, const std::string& id)
+      : it_(db->NewIterator(rocksdb::ReadOptions())), prefix_(ChunkPrefix(id)) {
+    it_->Seek(prefix_);
   }
-  auto* bytes = reinterpret_cast<const uint8_t*>(v.bytes.data());
-  flatbuffers::Verifier mv(bytes, v.bytes.size(), 64, 4u << 20);
-  if (!fbs::ManifestBufferHasIdentifier(bytes) || !fbs::VerifyManifestBuffer(mv)) {
-    return Status::Corruption(where + ": the manifest fails verification");
-  }
-  const fbs::Manifest* m = fbs::GetManifest(bytes);
-  if (m->format_version() != kFormatVersion) {
-    return Status::Corruption(where + ": unknown manifest format version " + std::to_string(m->format_version()));
-  }
-  if (m->vm() == nullptr || m->vm()->str() != id) return Status::Corruption(where + ": the manifest names another VM");
-  if (m->chunk_shift() != kChunkShift) return Status::Corruption(where + ": unsupported chunk size");
-  if (m->blocks() == nullptr) return Status::Corruption(where + ": the manifest has no block list");
-  v.manifest = m;
-  return v;
-}
+  bool Valid() const override { return it_->Valid() && it_->key().starts_with(prefix_); }
+  std::string_view key() const override { return it_->key().ToStringView(); }
+  std::string_view value() const override { return it_->value().ToStringView(); }
+  void Next() override { it_->Next(); }
+  Status status() const override { return it_->status().ok() ? Status::OK() : FromRocks(it_->status(), "cannot read the chunk records"); }
 
-// Rebuilds block bi of the manifest from its stretches and the chunk
-// records at the iterator (which it advances past them). Adds to *records.
-Result<std::unique_ptr<BlockTracker>> LoadBlock(const fbs::BlockManifest& bm, uint32_t bi, const std::string& id,
-                                                const std::string& where, rocksdb::Iterator* it, uint64_t* records) {
-  if (bm.name() == nullptr) return Status::Corruption(where + ": block " + std::to_string(bi) + " has no name");
-  const std::string bname = bm.name()->str();
-  const std::string bwhere = where + ", block " + Quoted(bname);
-  if (!IsValidPageStateValue(bm.initial())) return Status::Corruption(bwhere + ": invalid initial state");
-  auto created = BlockTracker::Create(bname, bm.size(), bm.page_size(), static_cast<PageState>(bm.initial()));
-  if (!created.ok()) return Status::Corruption(bwhere + ": " + created.status().message());
-  BlockTracker& b = *created.value();
-  const uint64_t pages = BlockPages(b);
-  auto stretches = DecodeStretches(bm, ChunkCount(pages, kChunkShift), bwhere);
-  if (!stretches.ok()) return stretches.status();
-  std::vector<ChunkRun> runs;
-  std::string record;
-  uint64_t chunk = 0;
-  for (const Stretch& st : stretches.value()) {
-    if (st.state != kDetailed) {
-      const uint64_t off = (chunk << kChunkShift) << b.page_shift();
-      const uint64_t end = std::min(pages, (chunk + st.chunks) << kChunkShift) << b.page_shift();
-      Status s = b.Convert(off, end - off, static_cast<PageState>(st.state));
-      if (!s.ok()) return Status::Corruption(bwhere + ": " + s.message());
-      chunk += st.chunks;
-      continue;
-    }
-    for (uint64_t c = chunk; c < chunk + st.chunks; ++c) {
-      const std::string cwhere = bwhere + ", chunk " + std::to_string(c);
-      Status s = ReadChunkRecord(it, id, bi, bname, c, ChunkPagesAt(pages, kChunkShift, c), cwhere, &record, &runs);
-      if (!s.ok()) return s;
-      uint64_t p = c << kChunkShift;
-      for (const ChunkRun& cr : runs) {
-        if (cr.state != b.initial_state()) {
-          s = b.Convert(p << b.page_shift(), cr.pages << b.page_shift(), cr.state);
-          if (!s.ok()) return Status::Corruption(cwhere + ": " + s.message());
-        }
-        p += cr.pages;
-      }
-      ++*records;
-      it->Next();
-    }
-    chunk += st.chunks;
-  }
-  return std::move(created).value();
-}
+ private:
+  std::unique_ptr<rocksdb::Iterator> it_;
+  std::string prefix_;
+};
 
 }  // namespace
 
 Result<VmState> CheckpointStore::Load(const std::string& id, CheckpointInfo* info) const {
   const std::string where = "VM " + Quoted(id);
-  auto view = ReadManifest(db_.get(), id, where);
-  if (!view.ok()) return view.status();
-  const fbs::Manifest* m = view->manifest;
-  VmState vm;
-  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
-  const std::string prefix = ChunkPrefix(id);
-  it->Seek(prefix);
-  uint64_t records = 0;
-  for (uint32_t bi = 0; bi < m->blocks()->size(); ++bi) {
-    auto block = LoadBlock(*m->blocks()->Get(bi), bi, id, where, it.get(), &records);
-    if (!block.ok()) return block.status();
-    Status s = vm.AddBlock(std::move(block).value());
-    if (!s.ok()) return Status::Corruption(where + ": " + s.message());
-  }
-  if (!it->status().ok()) return FromRocks(it->status(), where);
-  if (it->Valid() && it->key().starts_with(prefix)) return Status::Corruption(where + ": unexpected chunk record");
-  if (ComputeStateDigest(vm) != m->digest()) return Status::Corruption(where + ": state digest mismatch");
-  if (info != nullptr) {
-    info->vm = id;
-    info->sequence = m->sequence();
-    info->unix_time = m->unix_time();
-    info->digest = m->digest();
-    info->total_runs = m->total_runs();
-    info->records = records;
-  }
-  return vm;
+  // Pinned, not copied: the decoder checks the size before it copies.
+  rocksdb::PinnableSlice manifest;
+  rocksdb::Status rs = db_->Get(rocksdb::ReadOptions(), db_->DefaultColumnFamily(), ManifestKey(id), &manifest);
+  if (rs.IsNotFound()) return Status::NotFound("no checkpoint of " + where + " in this store");
+  if (!rs.ok()) return FromRocks(rs, "cannot read the manifest of " + where);
+  RocksRecordSource records(db_.get(), id);
+  return DecodeCheckpoint(id, manifest.ToStringView(), &records, info);
 }
 
 }  // namespace cvmstate

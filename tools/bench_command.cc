@@ -44,7 +44,10 @@ int RunBenchCommand(const BenchOptions& o) {
     std::fprintf(stderr, "cvmstate: bench: skipped %" PRIu64 " invalid line(s), first at %s:%s\n",
                  trace.skipped_lines, o.trace.c_str(), trace.first_error.c_str());
   }
-  bench::BenchReport rep = bench::RunBench(trace, o.repeat);
+  auto run = bench::RunBench(trace, o.repeat);
+  // Mirrors replay --impl, whose std::bad_alloc main reports as "out of memory".
+  if (!run.ok()) return Fail(run.status().message());
+  const bench::BenchReport& rep = run.value();
   if (o.json) {
     std::string j = "{\"trace\": " + JsonString(o.trace) + ", \"ops\": " + std::to_string(rep.ops) +
                     ", \"repeat\": " + std::to_string(o.repeat) + ", \"impls\": {";

@@ -1,18 +1,24 @@
 // The persistent store: round trips, incremental size, corruption, crashes.
 #include "store/checkpoint_store.h"
-#include "store/vm_checkpointer.h"
 
 #include <gtest/gtest.h>
+#include <malloc.h>
 #include <rocksdb/db.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <random>
 
+#include "codec/chunk_codec.h"
+#include "cvmstate/schema/manifest_generated.h"
 #include "process.h"
+#include "store/store_keys.h"
+#include "store/vm_checkpointer.h"
 #include "text/listing.h"
 #include "text/trace.h"
 #include "tools/workload.h"
@@ -392,6 +398,290 @@ TEST(CheckpointStoreTest, ALongLivedVmsJournalStaysAsSmallAsItsLastChanges) {
   auto loaded = store.value()->Load("g");
   ASSERT_TRUE(loaded.ok()) << loaded.status().message();
   EXPECT_EQ(ComputeStateDigest(loaded.value()), ComputeStateDigest(vm));
+}
+
+// What a forked child printed and how it ended.
+struct ChildRun {
+  int signal = 0;  // the signal that killed it, or 0
+  std::string out;
+  long max_rss_mb = 0;    // its peak resident memory
+  long as_growth_mb = 0;  // how far its address space grew past the start
+};
+
+// Runs setup and then fn in a forked child whose address space may grow by
+// at most `budget` bytes over what it has after setup (RLIMIT_AS; 0 for no
+// cap) and returns what fn returned. Neither returns into the test
+// framework.
+ChildRun InChild(
+    size_t budget, const std::function<std::string()>& fn, const std::function<void()>& setup = [] {}) {
+  int fds[2];
+  EXPECT_EQ(::pipe(fds), 0);
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::close(fds[0]);
+    ::malloc_trim(0);  // what the parent freed is not the child's to count
+    // One heap for every thread: RocksDB's threads would otherwise reserve
+    // 64 MiB arenas of address space each.
+    ::mallopt(M_ARENA_MAX, 1);
+    setup();
+    ::malloc_trim(0);
+    const long page = ::sysconf(_SC_PAGESIZE);
+    long pages = 0;
+    if (FILE* f = std::fopen("/proc/self/statm", "r")) {
+      if (std::fscanf(f, "%ld", &pages) != 1) pages = 0;
+      std::fclose(f);
+    }
+    if (budget > 0) {
+      const rlim_t cap = static_cast<rlim_t>(pages) * static_cast<rlim_t>(page) + budget;
+      struct rlimit rl {
+        cap, cap
+      };
+      if (::setrlimit(RLIMIT_AS, &rl) != 0) ::_exit(3);
+    }
+    std::string out;
+    try {
+      out = fn();
+    } catch (const std::bad_alloc&) {
+      out = "std::bad_alloc";
+    } catch (...) {
+      out = "an exception";
+    }
+    long peak_kb = 0;
+    if (FILE* f = std::fopen("/proc/self/status", "r")) {
+      char line[256];
+      while (std::fgets(line, sizeof line, f)) {
+        if (std::sscanf(line, "VmPeak: %ld kB", &peak_kb) == 1) break;
+      }
+      std::fclose(f);
+    }
+    // VmPeak may predate setup's end; growth is what came after it.
+    peak_kb = std::max(peak_kb, pages * page / 1024);
+    out = std::to_string((peak_kb * 1024 - pages * page) >> 20) + " " + out;
+    if (::write(fds[1], out.data(), out.size()) != static_cast<ssize_t>(out.size())) ::_exit(4);
+    ::_exit(0);
+  }
+  ::close(fds[1]);
+  std::string got;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0;) got.append(buf, static_cast<size_t>(n));
+  ::close(fds[0]);
+  int st = 0;
+  struct rusage ru {};
+  EXPECT_EQ(::wait4(pid, &st, 0, &ru), pid);
+  ChildRun r;
+  r.max_rss_mb = ru.ru_maxrss / 1024;
+  if (WIFSIGNALED(st)) {
+    r.signal = WTERMSIG(st);
+    return r;
+  }
+  EXPECT_EQ(WEXITSTATUS(st), 0) << got;
+  r.as_growth_mb = std::atol(got.c_str());
+  r.out = got.substr(std::min(got.size(), got.find(' ') + 1));
+  return r;
+}
+
+// How a load in a capped child ended.
+struct BoundedLoad {
+  int signal = 0;         // the signal that killed it, or 0
+  bool returned = false;  // false if it threw (std::bad_alloc) instead
+  Status::Code code = Status::Code::kOk;
+  std::string message;
+  long max_rss_mb = 0;
+  long as_growth_mb = 0;
+};
+
+// Opens the store at dir read-only in a child, then caps it as InChild
+// does and loads `vm`.
+BoundedLoad LoadInBoundedChild(const std::string& dir, const std::string& vm, size_t budget) {
+  std::unique_ptr<CheckpointStore> store;
+  std::string open_error;
+  ChildRun c = InChild(
+      budget,
+      [&]() -> std::string {
+        if (!store) return "open failed: " + open_error;
+        auto loaded = store->Load(vm);
+        return "code " + std::to_string(static_cast<int>(loaded.status().code())) + " " + loaded.status().message();
+      },
+      [&] {
+        // Opening RocksDB is not the load's cost: it comes first.
+        auto opened = CheckpointStore::Open(dir, /*read_only=*/true);
+        if (opened.ok()) {
+          store = std::move(opened).value();
+        } else {
+          open_error = opened.status().message();
+        }
+      });
+  BoundedLoad r;
+  r.signal = c.signal;
+  r.max_rss_mb = c.max_rss_mb;
+  r.as_growth_mb = c.as_growth_mb;
+  r.message = c.out;
+  if (c.out.rfind("code ", 0) == 0) {
+    r.returned = true;
+    r.code = static_cast<Status::Code>(std::atoi(c.out.c_str() + 5));
+    r.message = c.out.substr(std::min(c.out.size(), c.out.find(' ', 5) + 1));
+  }
+  return r;
+}
+
+struct CraftedBlock {
+  uint64_t size = 0;
+  std::string stretches;  // the zstd frame as stored
+  uint32_t raw_size = 0;
+  uint32_t count = 0;
+};
+
+// A manifest that passes the FlatBuffers verifier, with one block "ram"
+// (4 KiB pages, initially shared) whose stretch fields say what `b` says.
+std::string CraftManifest(const std::string& vm, const CraftedBlock& b, uint64_t digest) {
+  namespace fbs = cvmstate::schema;
+  flatbuffers::FlatBufferBuilder fb;
+  std::vector<flatbuffers::Offset<fbs::BlockManifest>> blocks;
+  blocks.push_back(fbs::CreateBlockManifest(
+      fb, fb.CreateString("ram"), b.size, 4096, static_cast<uint8_t>(PageState::kShared),
+      fb.CreateVector(reinterpret_cast<const uint8_t*>(b.stretches.data()), b.stretches.size()), b.raw_size, b.count));
+  auto m = fbs::CreateManifest(fb, 1, fb.CreateString(vm), 1, CheckpointStore::kChunkShift, 0, fb.CreateVector(blocks),
+                               digest, 0);
+  fbs::FinishManifestBuffer(fb, m);
+  return std::string(reinterpret_cast<const char*>(fb.GetBufferPointer()), fb.GetSize());
+}
+
+// A store directory holding only `manifest` as the manifest of VM "g".
+std::string StoreWithManifest(const std::string& manifest) {
+  const std::string dir = MakeTempDir() + "/db";
+  auto store = OpenStore(dir);
+  rocksdb::WriteOptions w;
+  w.sync = true;
+  EXPECT_TRUE(store->db()->Put(w, store_keys::ManifestKey("g"), manifest).ok());
+  return dir;
+}
+
+// Stretches of one chunk each, alternating shared and private.
+std::string AlternatingStretches(uint32_t count) {
+  std::string raw;
+  raw.reserve(size_t{count} * 2);
+  for (uint32_t k = 0; k < count; ++k) {
+    raw.push_back(1);
+    raw.push_back(static_cast<char>(k % 2 == 0 ? PageState::kShared : PageState::kPrivate));
+  }
+  return raw;
+}
+
+// The sizes and counts of a manifest are claims: a 200-byte record that
+// claims 2^32 stretches and a frame of 4 GiB must be refused without
+// allocating what it claims (it took 4.2 GB and 9 s, and here aborted with
+// bad_alloc under the cap).
+TEST(CheckpointStoreTest, ClaimedStretchSizesAllocateNothing) {
+  // A zstd frame header that declares 2^32-1 bytes (single segment, 4-byte
+  // content size, checksum on) and then ends.
+  std::string frame = "\x28\xb5\x2f\xfd";
+  frame.push_back('\xa4');
+  frame.append("\xff\xff\xff\xff", 4);
+  CraftedBlock b;
+  b.size = uint64_t{1} << 62;  // 2^33 chunks: the claimed count fits
+  b.stretches = frame;
+  b.raw_size = 0xffffffffu;
+  b.count = 0xffffffffu / 11 + 1;
+  const std::string manifest = CraftManifest("g", b, 0);
+  EXPECT_LT(manifest.size(), 256u);
+  BoundedLoad r = LoadInBoundedChild(StoreWithManifest(manifest), "g", size_t{256} << 20);
+  ASSERT_EQ(r.signal, 0) << "the load died by signal " << r.signal;
+  ASSERT_TRUE(r.returned) << r.message;
+  EXPECT_EQ(r.code, Status::Code::kCorruption) << r.message;
+  EXPECT_NE(r.message.find("chunk stretches"), std::string::npos) << r.message;
+  std::fprintf(stderr, "claimed 4 GiB of stretches: %s (peak %ld MB)\n", r.message.c_str(), r.max_rss_mb);
+
+  // A real frame of 2000 bytes declared as 2002, holding one stretch
+  // more than declared, or cut short.
+  const std::string raw = AlternatingStretches(1000);
+  std::string z;
+  ASSERT_TRUE(ZstdCompress(raw, &z).ok());
+  struct Case {
+    uint32_t raw_size, count;
+    size_t cut;
+  } cases[] = {{2002, 1000, 0}, {2000, 999, 0}, {2000, 1000, 1}};
+  for (const Case& k : cases) {
+    b.size = uint64_t{1000} << (CheckpointStore::kChunkShift + 12);
+    b.stretches = z.substr(0, z.size() - k.cut);
+    b.raw_size = k.raw_size;
+    b.count = k.count;
+    r = LoadInBoundedChild(StoreWithManifest(CraftManifest("g", b, 0)), "g", size_t{256} << 20);
+    ASSERT_EQ(r.signal, 0);
+    ASSERT_TRUE(r.returned) << r.message;
+    EXPECT_EQ(r.code, Status::Code::kCorruption) << r.message;
+  }
+}
+
+// A valid manifest of under 1 KB that holds 2^21 alternating stretches
+// (the 5.8 KB one of 2^25 took 1.4 GB to load): the state it describes has
+// 2^21 runs, and loading it may cost that state's run map, not a list of
+// stretches and the raw stream besides. A stream that goes wrong at its
+// very end is refused within the same bound, and so is one whose checksum
+// fails.
+TEST(CheckpointStoreTest, ManyStretchesCostOnlyTheRunMap) {
+  constexpr uint32_t count = uint32_t{1} << 21;
+  constexpr unsigned kChunkBytesShift = CheckpointStore::kChunkShift + 12;
+  CraftedBlock b;
+  b.size = uint64_t{count} << kChunkBytesShift;
+  b.count = count;
+  {
+    const std::string raw = AlternatingStretches(count);
+    ASSERT_TRUE(ZstdCompress(raw, &b.stretches).ok());
+    b.raw_size = static_cast<uint32_t>(raw.size());
+  }
+  // The state it describes, built in a child so that its memory is not
+  // left in this process's heap.
+  ChildRun ref = InChild(0, [&] {
+    auto block = BlockTracker::Create("ram", b.size, 4096, PageState::kShared);
+    if (!block.ok()) return std::string("cannot create");
+    for (uint64_t k = 1; k < count; k += 2) {
+      if (!block.value()->Convert(k << kChunkBytesShift, uint64_t{1} << kChunkBytesShift, PageState::kPrivate).ok()) {
+        return std::string("cannot convert");
+      }
+    }
+    const size_t mb = block.value()->MemoryBytes() >> 20;
+    VmState vm;
+    if (!vm.AddBlock(std::move(block).value()).ok()) return std::string("cannot add");
+    return std::to_string(ComputeStateDigest(vm)) + " " + std::to_string(mb);
+  });
+  ASSERT_EQ(ref.signal, 0);
+  const uint64_t digest = std::strtoull(ref.out.c_str(), nullptr, 10);
+  const size_t runmap_mb = std::strtoull(ref.out.c_str() + ref.out.find(' '), nullptr, 10);
+  const std::string manifest = CraftManifest("g", b, digest);
+
+  // The run map and 48 MiB besides (its own growth by doubling, zstd's
+  // window): this decoder takes the run map and 34 MB here, the old one
+  // 63 MB, a vector of every stretch and the raw stream besides.
+  const size_t budget = (runmap_mb + 48) << 20;
+  std::fprintf(stderr, "manifest of %zu bytes, %u stretches; run map %zu MiB, budget %zu MiB\n", manifest.size(), count,
+               runmap_mb, budget >> 20);
+  BoundedLoad r = LoadInBoundedChild(StoreWithManifest(manifest), "g", budget);
+  ASSERT_EQ(r.signal, 0) << "the load died by signal " << r.signal;
+  ASSERT_TRUE(r.returned) << r.message;
+  EXPECT_EQ(r.code, Status::Code::kOk) << r.message;
+  std::fprintf(stderr, "valid: loaded, peak RSS %ld MB, address space +%ld MB\n", r.max_rss_mb, r.as_growth_mb);
+
+  // The last stretch says "shared" twice in a row (not maximal).
+  {
+    std::string bad = AlternatingStretches(count);
+    bad.back() = bad[bad.size() - 3];
+    CraftedBlock c = b;
+    ASSERT_TRUE(ZstdCompress(bad, &c.stretches).ok());
+    r = LoadInBoundedChild(StoreWithManifest(CraftManifest("g", c, digest)), "g", budget);
+  }
+  ASSERT_EQ(r.signal, 0);
+  ASSERT_TRUE(r.returned) << r.message;
+  EXPECT_EQ(r.code, Status::Code::kCorruption) << r.message;
+  std::fprintf(stderr, "bad last stretch: %s (address space +%ld MB)\n", r.message.c_str(), r.as_growth_mb);
+
+  // A flipped checksum byte (the frame's last four bytes).
+  CraftedBlock c = b;
+  c.stretches.back() = static_cast<char>(c.stretches.back() ^ 1);
+  r = LoadInBoundedChild(StoreWithManifest(CraftManifest("g", c, digest)), "g", budget);
+  ASSERT_EQ(r.signal, 0);
+  ASSERT_TRUE(r.returned) << r.message;
+  EXPECT_EQ(r.code, Status::Code::kCorruption) << r.message;
+  EXPECT_NE(r.message.find("chunk stretches"), std::string::npos) << r.message;
 }
 
 }  // namespace

@@ -191,6 +191,31 @@ TEST_F(CliTest, BenchAgreesAndReportsEveryImplementation) {
   EXPECT_NE(table.out.find("vs bitmap"), std::string::npos);
 }
 
+// A baseline that cannot get its memory (two 32 TiB blocks: 2 GiB of
+// bitmap each, under a 3 GB address space) fails the bench with one line,
+// as replay --impl bitmap does; std::bad_alloc escaped the builder thread
+// and aborted it.
+TEST_F(CliTest, BenchFailsCleanlyWhenABaselineRunsOutOfMemory) {
+  const std::string trace = dir_ + "/huge.trace";
+  testing::WriteFile(trace,
+                     "block a 0x200000000000 initial=shared\nblock b 0x200000000000 initial=shared\n"
+                     "private a 0 0x1000\n");
+  // The shell sets RLIMIT_AS (ulimit -v, in KiB) and becomes cvmstate.
+  auto capped = [&](const std::string& args) {
+    ProcessResult r =
+        RunProcess({"/bin/sh", "-c", "ulimit -v 3000000 && exec \"$0\" " + args + " \"$1\"", CvmstateBinary(), trace});
+    EXPECT_EQ(r.signal, 0) << args << ": died by signal " << r.signal << ": " << r.err;
+    EXPECT_FALSE(r.timed_out);
+    return r;
+  };
+  ProcessResult replay = capped("replay --impl bitmap");
+  EXPECT_EQ(replay.exit_code, 1) << replay.err;
+  ProcessResult r = capped("bench --repeat 1");
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_EQ(r.err, "cvmstate: error: out of memory in the bitmap baseline\n");
+  EXPECT_EQ(replay.err, "cvmstate: error: out of memory\n");
+}
+
 TEST_F(CliTest, DemoEndsWithAVerdict) {
   ProcessResult r = Cvm({"demo", "--dir", dir_ + "/demo"});
   EXPECT_EQ(r.exit_code, 0) << r.err;
