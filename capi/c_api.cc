@@ -12,6 +12,7 @@
 #include <set>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "cvmstate/cvmstate.h"
 #include "migration/byte_stream.h"
@@ -36,6 +37,14 @@ struct cvmstate_vm {
   // store at the same address starts afresh. Declared after `state`: the
   // checkpointers read its journal and go first.
   std::map<std::pair<const cvmstate_store*, std::string>, std::unique_ptr<cvmstate::VmCheckpointer>> checkpointers;
+  // The stores listing this vm in their `vms`, so that freeing it takes it
+  // out of every one.
+  std::set<cvmstate_store*> stores;
+  // Guards checkpointers and stores: another thread's cvmstate_store_delete
+  // or cvmstate_store_close of a shared store edits them. A checkpoint holds
+  // it throughout, so such an edit waits for it. Order: a store's mu, then a
+  // vm's cp_mu, never the other way.
+  std::mutex cp_mu;
   // The live listener handles registered with this vm: a handle is checked
   // by membership (never dereferenced) before use, so a handle of another
   // vm, or one already unregistered, is refused instead of used.
@@ -312,7 +321,10 @@ cvmstate_vm* cvmstate_vm_new(void) { return new (std::nothrow) cvmstate_vm(); }
 void cvmstate_vm_free(cvmstate_vm* vm) {
   if (vm == nullptr) return;
   std::set<cvmstate_store*> stores;
-  for (const auto& e : vm->checkpointers) stores.insert(const_cast<cvmstate_store*>(e.first.first));
+  {
+    std::lock_guard<std::mutex> lock(vm->cp_mu);
+    stores = vm->stores;
+  }
   for (cvmstate_store* st : stores) {
     std::lock_guard<std::mutex> lock(st->mu);
     st->vms.erase(vm);
@@ -446,7 +458,9 @@ void cvmstate_store_close(cvmstate_store* store) {
     // later store opened at the same address starts afresh.
     std::lock_guard<std::mutex> lock(store->mu);
     for (cvmstate_vm* vm : store->vms) {
+      std::lock_guard<std::mutex> vlock(vm->cp_mu);
       std::erase_if(vm->checkpointers, [store](const auto& e) { return e.first.first == store; });
+      vm->stores.erase(store);
     }
   }
   delete store;
@@ -459,12 +473,16 @@ int cvmstate_checkpoint(cvmstate_store* store, cvmstate_vm* vm, const char* vm_i
     if (vm_id == nullptr) return NullArgument("vm_id");
     // Checked before a checkpointer is made for it.
     if (!cvmstate::IsValidVmId(vm_id)) return InvalidVmId(vm_id);
-    auto& cp = vm->checkpointers[{store, vm_id}];
-    if (!cp) {
-      cp = std::make_unique<cvmstate::VmCheckpointer>(store->store.get(), vm_id);
+    {
       std::lock_guard<std::mutex> lock(store->mu);
-      store->vms.insert(vm);
+      if (store->vms.insert(vm).second) {
+        std::lock_guard<std::mutex> vlock(vm->cp_mu);
+        vm->stores.insert(store);
+      }
     }
+    std::lock_guard<std::mutex> vlock(vm->cp_mu);
+    auto& cp = vm->checkpointers[{store, vm_id}];
+    if (!cp) cp = std::make_unique<cvmstate::VmCheckpointer>(store->store.get(), vm_id);
     auto c = cp->CommitState(vm->state);
     if (!c.ok()) return FromStatus(c.status());
     if (bytes) *bytes = c->bytes;
@@ -507,13 +525,16 @@ int cvmstate_store_delete(cvmstate_store* store, const char* vm_id) {
     if (!has.ok()) return FromStatus(has.status());
     if (!has.value())
       return Fail(-ENOENT, "no checkpoint of VM " + cvmstate::Quoted(vm_id) + " in this store");
-    {
-      // Every vm checkpointed to this id here forgets its checkpointer: the
-      // next checkpoint of the id must be a whole one, not changes on a base
-      // that is gone. (First, so that a failing delete only costs a whole
-      // checkpoint next time.)
-      std::lock_guard<std::mutex> lock(store->mu);
-      for (cvmstate_vm* vm : store->vms) vm->checkpointers.erase({store, std::string(vm_id)});
+    // Every vm checkpointed to this id here forgets its checkpointer: the
+    // next checkpoint of the id must be a whole one, not changes on a base
+    // that is gone. Each vm stays locked until the delete is written, so no
+    // checkpoint of it lands between the two (a vm not yet listed waits on
+    // store->mu to be listed).
+    std::lock_guard<std::mutex> lock(store->mu);
+    std::vector<std::unique_lock<std::mutex>> held;
+    for (cvmstate_vm* vm : store->vms) {
+      held.emplace_back(vm->cp_mu);
+      vm->checkpointers.erase({store, std::string(vm_id)});
     }
     return FromStatus(store->store->DeleteVm(vm_id));
   });
@@ -538,6 +559,9 @@ static int NewSource(cvmstate_vm* vm, const char* vm_id, std::unique_ptr<cvmstat
 
 int cvmstate_source_new_fd(cvmstate_vm* vm, const char* vm_id, int fd, const char* psk_file, cvmstate_source** out) {
   return Guard([&] {
+    if (vm == nullptr) return NullArgument("vm");
+    if (vm_id == nullptr) return NullArgument("vm_id");
+    if (out == nullptr) return NullArgument("out");
     const int r = CheckFd(fd);
     if (r != 0) return r;
     return NewSource(vm, vm_id, std::make_unique<cvmstate::FdSink>(fd),
@@ -624,6 +648,7 @@ static int NewDestination(std::unique_ptr<cvmstate::ByteSink> sink, std::unique_
 
 int cvmstate_destination_new_fd(int fd, const char* psk_file, double timeout_seconds, cvmstate_destination** out) {
   return Guard([&] {
+    if (out == nullptr) return NullArgument("out");
     const int r = CheckFd(fd);
     if (r != 0) return r;
     // NaN fails both comparisons.

@@ -20,8 +20,9 @@
  *    on the calling thread, and must not call back into the same vm).
  *    Different vms may be used from different threads at once.
  *  - A cvmstate_store may be shared by threads: cvmstate_checkpoint,
- *    cvmstate_store_load and cvmstate_store_commit of different VM ids may
- *    run concurrently on it.
+ *    cvmstate_store_load, cvmstate_store_commit and cvmstate_store_delete
+ *    of different VM ids may run concurrently on it (a delete waits for the
+ *    checkpoints in flight of the vms checkpointed to this store).
  *
  * Error codes, one per kind of failure (never derived from a message):
  * -EINVAL invalid argument or range, -ENOENT no such block or VM, -EEXIST

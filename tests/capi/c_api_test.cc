@@ -439,4 +439,35 @@ TEST(CApiTest, DeletingAVmMakesTheNextCheckpointWhole) {
   cvmstate_store_close(store);
 }
 
+TEST(CApiTest, DeletesRacingCheckpointsLeaveLoadableState) {
+  const std::string dir = cvmstate::testing::MakeTempDir();
+  cvmstate_store* store = nullptr;
+  ASSERT_EQ(cvmstate_store_open((dir + "/db").c_str(), &store), 0);
+  Vm v;
+  ASSERT_EQ(cvmstate_vm_add_block(v.vm, "ram", uint64_t{1} << 32, 4096, CVMSTATE_PRIVATE), 0);
+  int bad_checkpoints = 0, bad_deletes = 0;
+  std::thread deleter([&] {
+    for (int i = 0; i < 40; ++i) {
+      const int rc = cvmstate_store_delete(store, "a");
+      if (rc != 0 && rc != -ENOENT) ++bad_deletes;
+    }
+  });
+  for (int i = 0; i < 40; ++i) {
+    if (cvmstate_convert(v.vm, "ram", uint64_t(i) << 26, 4096 * (1 + i), CVMSTATE_SHARED) != 0)
+      ++bad_checkpoints;
+    if (cvmstate_checkpoint(store, v.vm, "a", nullptr) != 0) ++bad_checkpoints;
+  }
+  deleter.join();
+  EXPECT_EQ(bad_checkpoints, 0);
+  EXPECT_EQ(bad_deletes, 0);
+  // Whatever the interleaving, the next checkpoint leaves exactly the vm.
+  ASSERT_EQ(cvmstate_convert(v.vm, "ram", uint64_t{3} << 30, 4096, CVMSTATE_DISCARDED), 0);
+  ASSERT_EQ(cvmstate_checkpoint(store, v.vm, "a", nullptr), 0) << cvmstate_last_error();
+  cvmstate_vm* loaded = nullptr;
+  ASSERT_EQ(cvmstate_store_load(store, "a", &loaded), 0) << cvmstate_last_error();
+  EXPECT_EQ(Digest(loaded), Digest(v.vm));
+  cvmstate_vm_free(loaded);
+  cvmstate_store_close(store);
+}
+
 }  // namespace
