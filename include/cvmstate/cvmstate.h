@@ -25,12 +25,12 @@
  *    checkpoints in flight of the vms checkpointed to this store).
  *
  * Error codes, one per kind of failure (never derived from a message):
- * -EINVAL invalid argument or range, -ENOENT no such block or VM, -EEXIST
- * name or VM id taken, -EBADMSG corrupted data or stream, -EIO I/O failure,
- * -ETIMEDOUT a wait ran past its deadline, -EACCES authentication failed or
- * the peer refused, -ECANCELED cancelled, -EBADF a file descriptor that is
- * not open, -ENOMEM; a refusing listener's own (negative) code is returned
- * as is.
+ * -EINVAL invalid argument or range, -ENOENT no such block, VM or listener,
+ * -EEXIST name or VM id taken, -EBADMSG corrupted data or stream, -EIO I/O
+ * failure, -ETIMEDOUT a wait ran past its deadline, -EACCES authentication
+ * failed or the peer refused, -ECANCELED cancelled, -EBADF a file
+ * descriptor that is not open, -ENOMEM; a refusing listener's own
+ * (negative) code is returned as is.
  */
 #ifndef CVMSTATE_CVMSTATE_H_
 #define CVMSTATE_CVMSTATE_H_
