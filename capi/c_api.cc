@@ -1,7 +1,9 @@
 // The C API (include/cvmstate/cvmstate.h) over the C++ library.
-#include "cvmstate/cvmstate.h"
+#include <fcntl.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -10,13 +12,16 @@
 #include <set>
 #include <string>
 #include <utility>
+#include <vector>
 
+#include "cvmstate/cvmstate.h"
 #include "migration/byte_stream.h"
 #include "migration/psk.h"
 #include "migration/source.h"
 #include "session/incoming.h"
 #include "store/checkpoint_store.h"
 #include "store/vm_checkpointer.h"
+#include "tracker/block_tracker.h"
 #include "tracker/format.h"
 #include "tracker/listener.h"
 #include "tracker/names.h"
@@ -32,6 +37,18 @@ struct cvmstate_vm {
   // store at the same address starts afresh. Declared after `state`: the
   // checkpointers read its journal and go first.
   std::map<std::pair<const cvmstate_store*, std::string>, std::unique_ptr<cvmstate::VmCheckpointer>> checkpointers;
+  // The stores listing this vm in their `vms`, so that freeing it takes it
+  // out of every one.
+  std::set<cvmstate_store*> stores;
+  // Guards checkpointers and stores: another thread's cvmstate_store_delete
+  // or cvmstate_store_close of a shared store edits them. A checkpoint holds
+  // it throughout, so such an edit waits for it. Order: a store's mu, then a
+  // vm's cp_mu, never the other way.
+  std::mutex cp_mu;
+  // The live listener handles registered with this vm: a handle is checked
+  // by membership (never dereferenced) before use, so a handle of another
+  // vm, or one already unregistered, is refused instead of used.
+  std::set<cvmstate_listener*> listeners;
 };
 
 struct cvmstate_listener {
@@ -51,6 +68,7 @@ struct cvmstate_source {
   std::unique_ptr<cvmstate::ByteSink> sink;
   std::unique_ptr<cvmstate::ByteSource> source;
   std::unique_ptr<cvmstate::MigrationSource> src;
+  bool finished = false;  // cvmstate_source_finish was called: nothing more is sent
 };
 
 struct cvmstate_destination {
@@ -60,14 +78,28 @@ struct cvmstate_destination {
   // The library's incoming sequence; v0 callers run its steps one by one
   // (receive, cvmstate_store_commit, their own listeners, ack).
   std::unique_ptr<cvmstate::IncomingMigration> incoming;
+  bool acknowledged = false;  // cvmstate_destination_ack was called: nothing more is sent
 };
 
 namespace {
 
 thread_local std::string g_last_error;
 
+// Sets the thread's message, on one line whatever the layers below put in it
+// (a path in a RocksDB or key-file message is the caller's text): control
+// bytes become \xNN.
 int Fail(int code, std::string msg) {
-  g_last_error = std::move(msg);
+  g_last_error.clear();
+  for (unsigned char c : msg) {
+    if (c >= 0x20 && c != 0x7f) {
+      g_last_error += static_cast<char>(c);
+    } else {
+      static const char kHex[] = "0123456789abcdef";
+      g_last_error += "\\x";
+      g_last_error += kHex[c >> 4];
+      g_last_error += kHex[c & 15];
+    }
+  }
   return code;
 }
 
@@ -98,6 +130,19 @@ int ErrnoOf(Status::Code code) {
 
 int FromStatus(const Status& s) { return s.ok() ? 0 : Fail(ErrnoOf(s.code()), s.message()); }
 
+// A pointer argument that must not be NULL was.
+int NullArgument(const char* name) { return Fail(-EINVAL, std::string("null argument: ") + name); }
+int NoBlock(const char* name) { return Fail(-ENOENT, "no block " + cvmstate::Quoted(name)); }
+int Finished() { return Fail(-EINVAL, "the migration has finished"); }
+
+// A file descriptor the caller says is connected: at least an open one.
+int CheckFd(int fd) {
+  if (fd < 0) return Fail(-EINVAL, "invalid file descriptor " + std::to_string(fd));
+  if (fcntl(fd, F_GETFD) == -1)
+    return Fail(-EBADF, "file descriptor " + std::to_string(fd) + " is not open");
+  return 0;
+}
+
 // Runs f, turning any exception into an error code: none crosses into C.
 template <typename F>
 int Guard(F&& f) {
@@ -112,11 +157,48 @@ int Guard(F&& f) {
   }
 }
 
-cvmstate::BlockTracker* FindBlock(const cvmstate_vm* vm, const char* name) {
-  return vm && name ? const_cast<cvmstate::VmState&>(vm->state).Find(name) : nullptr;
+// The block `name` of vm, or nullptr after setting the error (-EINVAL for a
+// NULL argument, -ENOENT for no such block) in *err.
+cvmstate::BlockTracker* FindBlock(const cvmstate_vm* vm, const char* name, int* err) {
+  if (vm == nullptr) {
+    *err = NullArgument("vm");
+    return nullptr;
+  }
+  if (name == nullptr) {
+    *err = NullArgument("block");
+    return nullptr;
+  }
+  cvmstate::BlockTracker* b = const_cast<cvmstate::VmState&>(vm->state).Find(name);
+  if (b == nullptr) *err = NoBlock(name);
+  return b;
 }
 
 bool ValidState(int s) { return s >= 0 && s <= 2; }
+
+// A caller's text for a message, on one line: bytes outside printable
+// ASCII become \xNN (as Quoted, without quotes or a length cut).
+std::string OneLine(std::string_view text) {
+  std::string out;
+  for (unsigned char c : text) {
+    if (c >= 0x20 && c < 0x7f && c != '\\') {
+      out += static_cast<char>(c);
+    } else {
+      static const char kHex[] = "0123456789abcdef";
+      out += "\\x";
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    }
+  }
+  return out;
+}
+
+int InvalidVmId(const char* id) {
+  return Fail(-EINVAL, "invalid VM id " + cvmstate::Quoted(id) + " (" + cvmstate::kVmIdRule + ")");
+}
+
+// What a source over a file descriptor waits for each read (the challenge,
+// the acknowledgement).
+constexpr double kSourceFdTimeoutSeconds = 120;
 
 class CDmaListener final : public cvmstate::DmaMappingListener {
  public:
@@ -210,15 +292,19 @@ template <typename Ops, typename Impl>
 int Register(cvmstate_vm* vm, const char* block, uint64_t offset, uint64_t size, const Ops* ops, void* opaque,
              cvmstate_listener** out) {
   return Guard([&] {
-    cvmstate::BlockTracker* b = FindBlock(vm, block);
-    if (b == nullptr) return Fail(-ENOENT, std::string("no block '") + (block ? block : "(null)") + "'");
-    if (ops == nullptr || out == nullptr) return Fail(-EINVAL, "null argument");
+    int err = 0;
+    cvmstate::BlockTracker* b = FindBlock(vm, block, &err);
+    if (b == nullptr) return err;
+    if (ops == nullptr) return NullArgument("ops");
+    if (out == nullptr) return NullArgument("out");
     auto l = std::make_unique<cvmstate_listener>();
     l->impl = std::make_unique<Impl>(*ops, opaque, vm);
     l->block = b;
     vm->listener_error = 0;
     Status s = b->RegisterListener(l->impl.get(), offset, size);
-    if (!s.ok()) return vm->listener_error != 0 ? Fail(vm->listener_error, s.message()) : FromStatus(s);
+    if (!s.ok())
+      return vm->listener_error != 0 ? Fail(vm->listener_error, s.message()) : FromStatus(s);
+    vm->listeners.insert(l.get());
     *out = l.release();
     return 0;
   });
@@ -235,25 +321,36 @@ cvmstate_vm* cvmstate_vm_new(void) { return new (std::nothrow) cvmstate_vm(); }
 void cvmstate_vm_free(cvmstate_vm* vm) {
   if (vm == nullptr) return;
   std::set<cvmstate_store*> stores;
-  for (const auto& e : vm->checkpointers) stores.insert(const_cast<cvmstate_store*>(e.first.first));
+  {
+    std::lock_guard<std::mutex> lock(vm->cp_mu);
+    stores = vm->stores;
+  }
   for (cvmstate_store* st : stores) {
     std::lock_guard<std::mutex> lock(st->mu);
     st->vms.erase(vm);
   }
+  // Listeners still registered die with the vm, untold (the caller should
+  // have unregistered them; their handles are now invalid).
+  for (cvmstate_listener* l : vm->listeners) delete l;
+  vm->listeners.clear();
   delete vm;
 }
 
 int cvmstate_vm_add_block(cvmstate_vm* vm, const char* name, uint64_t size, uint64_t page_size, int initial) {
   return Guard([&] {
-    if (vm == nullptr || name == nullptr || !ValidState(initial)) return Fail(-EINVAL, "invalid argument");
+    if (vm == nullptr) return NullArgument("vm");
+    if (name == nullptr) return NullArgument("name");
+    if (!ValidState(initial))
+      return Fail(-EINVAL, "invalid initial state " + std::to_string(initial));
     return FromStatus(vm->state.AddBlock(name, size, page_size, static_cast<cvmstate::PageState>(initial)));
   });
 }
 
 int cvmstate_convert(cvmstate_vm* vm, const char* block, uint64_t offset, uint64_t size, int state) {
   return Guard([&] {
-    cvmstate::BlockTracker* b = FindBlock(vm, block);
-    if (b == nullptr) return Fail(-ENOENT, std::string("no block '") + (block ? block : "(null)") + "'");
+    int err = 0;
+    cvmstate::BlockTracker* b = FindBlock(vm, block, &err);
+    if (b == nullptr) return err;
     if (!ValidState(state)) return Fail(-EINVAL, "invalid state " + std::to_string(state));
     vm->listener_error = 0;
     Status s = b->Convert(offset, size, static_cast<cvmstate::PageState>(state));
@@ -266,8 +363,9 @@ int cvmstate_convert(cvmstate_vm* vm, const char* block, uint64_t offset, uint64
 
 int cvmstate_state_at(const cvmstate_vm* vm, const char* block, uint64_t offset) {
   return Guard([&] {
-    const cvmstate::BlockTracker* b = FindBlock(vm, block);
-    if (b == nullptr) return Fail(-ENOENT, "no such block");
+    int err = 0;
+    const cvmstate::BlockTracker* b = FindBlock(vm, block, &err);
+    if (b == nullptr) return err;
     if (offset >= b->size()) return Fail(-EINVAL, "offset past the end of the block");
     return static_cast<int>(b->StateAt(offset));
   });
@@ -276,15 +374,26 @@ int cvmstate_state_at(const cvmstate_vm* vm, const char* block, uint64_t offset)
 int cvmstate_for_each_run(const cvmstate_vm* vm, const char* block, uint64_t offset, uint64_t size, int state,
                           cvmstate_run_fn fn, void* opaque) {
   return Guard([&] {
-    const cvmstate::BlockTracker* b = FindBlock(vm, block);
-    if (b == nullptr) return Fail(-ENOENT, "no such block");
-    if (fn == nullptr || (state != -1 && !ValidState(state)) || offset > b->size() || size > b->size() - offset) {
-      return Fail(-EINVAL, "invalid argument");
+    int err = 0;
+    const cvmstate::BlockTracker* b = FindBlock(vm, block, &err);
+    if (b == nullptr) return err;
+    if (fn == nullptr) return NullArgument("fn");
+    if (state != -1 && !ValidState(state))
+      return Fail(-EINVAL, "invalid state " + std::to_string(state));
+    if (offset > b->size() || size > b->size() - offset) {
+      return Fail(-EINVAL, "range [" + cvmstate::Hex(offset) + ", +" + cvmstate::Hex(size) +
+                               ") is not inside block " + cvmstate::Quoted(b->name()) + " (size " +
+                               cvmstate::Hex(b->size()) + ")");
     }
+    if (size == 0) return 0;
+    // The pages holding [offset, end), each run then clipped to exactly it.
+    const uint64_t end = offset + size, mask = b->page_size() - 1;
+    const uint64_t first = offset & ~mask, last = ((end - 1) | mask) + 1;  // <= the block's size
     int stopped = 0;
-    b->ForEachRun(offset, size, [&](const cvmstate::ByteRun& r) {
+    b->ForEachRun(first, last - first, [&](const cvmstate::ByteRun& r) {
       if (state != -1 && static_cast<int>(r.state) != state) return true;
-      stopped = fn(opaque, r.offset, r.length, static_cast<int>(r.state));
+      const uint64_t a = std::max(r.offset, offset), e = std::min(r.offset + r.length, end);
+      stopped = fn(opaque, a, e - a, static_cast<int>(r.state));
       return stopped == 0;
     });
     return stopped;
@@ -293,7 +402,8 @@ int cvmstate_for_each_run(const cvmstate_vm* vm, const char* block, uint64_t off
 
 int cvmstate_vm_digest(const cvmstate_vm* vm, uint64_t* digest) {
   return Guard([&] {
-    if (vm == nullptr || digest == nullptr) return Fail(-EINVAL, "null argument");
+    if (vm == nullptr) return NullArgument("vm");
+    if (digest == nullptr) return NullArgument("digest");
     *digest = cvmstate::ComputeStateDigest(vm->state);
     return 0;
   });
@@ -311,16 +421,27 @@ int cvmstate_register_attr_listener(cvmstate_vm* vm, const char* block, uint64_t
 
 int cvmstate_unregister_listener(cvmstate_vm* vm, cvmstate_listener* l) {
   return Guard([&] {
-    if (vm == nullptr || l == nullptr) return Fail(-EINVAL, "null argument");
+    if (vm == nullptr) return NullArgument("vm");
+    if (l == nullptr) return NullArgument("listener");
+    // By membership first: the pointer is not dereferenced unless it is a
+    // live listener of this vm.
+    if (vm->listeners.count(l) == 0) {
+      return Fail(
+          -ENOENT,
+          "the listener is not registered with this vm (unregistered already, or another vm's)");
+    }
     Status s = l->block->UnregisterListener(l->impl.get());
-    if (s.ok()) delete l;
-    return FromStatus(s);
+    if (!s.ok()) return FromStatus(s);
+    vm->listeners.erase(l);
+    delete l;
+    return 0;
   });
 }
 
 int cvmstate_store_open(const char* dir, cvmstate_store** out) {
   return Guard([&] {
-    if (dir == nullptr || out == nullptr) return Fail(-EINVAL, "null argument");
+    if (dir == nullptr) return NullArgument("dir");
+    if (out == nullptr) return NullArgument("out");
     auto s = cvmstate::CheckpointStore::Open(dir);
     if (!s.ok()) return FromStatus(s.status());
     auto h = std::make_unique<cvmstate_store>();
@@ -337,7 +458,9 @@ void cvmstate_store_close(cvmstate_store* store) {
     // later store opened at the same address starts afresh.
     std::lock_guard<std::mutex> lock(store->mu);
     for (cvmstate_vm* vm : store->vms) {
+      std::lock_guard<std::mutex> vlock(vm->cp_mu);
       std::erase_if(vm->checkpointers, [store](const auto& e) { return e.first.first == store; });
+      vm->stores.erase(store);
     }
   }
   delete store;
@@ -345,13 +468,21 @@ void cvmstate_store_close(cvmstate_store* store) {
 
 int cvmstate_checkpoint(cvmstate_store* store, cvmstate_vm* vm, const char* vm_id, uint64_t* bytes) {
   return Guard([&] {
-    if (store == nullptr || vm == nullptr || vm_id == nullptr) return Fail(-EINVAL, "null argument");
-    auto& cp = vm->checkpointers[{store, vm_id}];
-    if (!cp) {
-      cp = std::make_unique<cvmstate::VmCheckpointer>(store->store.get(), vm_id);
+    if (store == nullptr) return NullArgument("store");
+    if (vm == nullptr) return NullArgument("vm");
+    if (vm_id == nullptr) return NullArgument("vm_id");
+    // Checked before a checkpointer is made for it.
+    if (!cvmstate::IsValidVmId(vm_id)) return InvalidVmId(vm_id);
+    {
       std::lock_guard<std::mutex> lock(store->mu);
-      store->vms.insert(vm);
+      if (store->vms.insert(vm).second) {
+        std::lock_guard<std::mutex> vlock(vm->cp_mu);
+        vm->stores.insert(store);
+      }
     }
+    std::lock_guard<std::mutex> vlock(vm->cp_mu);
+    auto& cp = vm->checkpointers[{store, vm_id}];
+    if (!cp) cp = std::make_unique<cvmstate::VmCheckpointer>(store->store.get(), vm_id);
     auto c = cp->CommitState(vm->state);
     if (!c.ok()) return FromStatus(c.status());
     if (bytes) *bytes = c->bytes;
@@ -361,7 +492,10 @@ int cvmstate_checkpoint(cvmstate_store* store, cvmstate_vm* vm, const char* vm_i
 
 int cvmstate_store_load(cvmstate_store* store, const char* vm_id, cvmstate_vm** out) {
   return Guard([&] {
-    if (store == nullptr || vm_id == nullptr || out == nullptr) return Fail(-EINVAL, "null argument");
+    if (store == nullptr) return NullArgument("store");
+    if (vm_id == nullptr) return NullArgument("vm_id");
+    if (out == nullptr) return NullArgument("out");
+    if (!cvmstate::IsValidVmId(vm_id)) return InvalidVmId(vm_id);
     auto vm = store->store->Load(vm_id);
     if (!vm.ok()) return FromStatus(vm.status());
     auto h = std::make_unique<cvmstate_vm>();
@@ -373,16 +507,45 @@ int cvmstate_store_load(cvmstate_store* store, const char* vm_id, cvmstate_vm** 
 
 int cvmstate_store_commit(cvmstate_store* store, const char* vm_id, const cvmstate_vm* vm) {
   return Guard([&] {
-    if (store == nullptr || vm == nullptr || vm_id == nullptr) return Fail(-EINVAL, "null argument");
+    if (store == nullptr) return NullArgument("store");
+    if (vm_id == nullptr) return NullArgument("vm_id");
+    if (vm == nullptr) return NullArgument("vm");
+    if (!cvmstate::IsValidVmId(vm_id)) return InvalidVmId(vm_id);
     auto b = store->store->CommitNew(vm_id, vm->state);
     return b.ok() ? 0 : FromStatus(b.status());
   });
 }
 
+int cvmstate_store_delete(cvmstate_store* store, const char* vm_id) {
+  return Guard([&] {
+    if (store == nullptr) return NullArgument("store");
+    if (vm_id == nullptr) return NullArgument("vm_id");
+    if (!cvmstate::IsValidVmId(vm_id)) return InvalidVmId(vm_id);
+    auto has = store->store->HasVm(vm_id);
+    if (!has.ok()) return FromStatus(has.status());
+    if (!has.value())
+      return Fail(-ENOENT, "no checkpoint of VM " + cvmstate::Quoted(vm_id) + " in this store");
+    // Every vm checkpointed to this id here forgets its checkpointer: the
+    // next checkpoint of the id must be a whole one, not changes on a base
+    // that is gone. Each vm stays locked until the delete is written, so no
+    // checkpoint of it lands between the two (a vm not yet listed waits on
+    // store->mu to be listed).
+    std::lock_guard<std::mutex> lock(store->mu);
+    std::vector<std::unique_lock<std::mutex>> held;
+    for (cvmstate_vm* vm : store->vms) {
+      held.emplace_back(vm->cp_mu);
+      vm->checkpointers.erase({store, std::string(vm_id)});
+    }
+    return FromStatus(store->store->DeleteVm(vm_id));
+  });
+}
+
 static int NewSource(cvmstate_vm* vm, const char* vm_id, std::unique_ptr<cvmstate::ByteSink> sink,
                      std::unique_ptr<cvmstate::ByteSource> source, const char* psk_file, cvmstate_source** out) {
-  if (vm == nullptr || vm_id == nullptr || out == nullptr) return Fail(-EINVAL, "null argument");
-  if (!cvmstate::IsValidVmId(vm_id)) return Fail(-EINVAL, "invalid VM id " + cvmstate::Quoted(vm_id));
+  if (vm == nullptr) return NullArgument("vm");
+  if (vm_id == nullptr) return NullArgument("vm_id");
+  if (out == nullptr) return NullArgument("out");
+  if (!cvmstate::IsValidVmId(vm_id)) return InvalidVmId(vm_id);
   auto s = std::make_unique<cvmstate_source>();
   s->vm = vm;
   s->id = vm_id;
@@ -396,15 +559,23 @@ static int NewSource(cvmstate_vm* vm, const char* vm_id, std::unique_ptr<cvmstat
 
 int cvmstate_source_new_fd(cvmstate_vm* vm, const char* vm_id, int fd, const char* psk_file, cvmstate_source** out) {
   return Guard([&] {
-    return NewSource(vm, vm_id, std::make_unique<cvmstate::FdSink>(fd), std::make_unique<cvmstate::FdSource>(fd, 120),
-                     psk_file, out);
+    if (vm == nullptr) return NullArgument("vm");
+    if (vm_id == nullptr) return NullArgument("vm_id");
+    if (out == nullptr) return NullArgument("out");
+    const int r = CheckFd(fd);
+    if (r != 0) return r;
+    return NewSource(vm, vm_id, std::make_unique<cvmstate::FdSink>(fd),
+                     std::make_unique<cvmstate::FdSource>(fd, kSourceFdTimeoutSeconds), psk_file,
+                     out);
   });
 }
 
 int cvmstate_source_new_io(cvmstate_vm* vm, const char* vm_id, const cvmstate_io* io, void* opaque,
                            const char* psk_file, cvmstate_source** out) {
   return Guard([&] {
-    if (io == nullptr || io->read == nullptr || io->write == nullptr) return Fail(-EINVAL, "incomplete cvmstate_io");
+    if (io == nullptr) return NullArgument("io");
+    if (io->read == nullptr) return NullArgument("io->read");
+    if (io->write == nullptr) return NullArgument("io->write");
     return NewSource(vm, vm_id, std::make_unique<IoSink>(*io, opaque), std::make_unique<IoSource>(*io, opaque),
                      psk_file, out);
   });
@@ -412,7 +583,9 @@ int cvmstate_source_new_io(cvmstate_vm* vm, const char* vm_id, const cvmstate_io
 
 int cvmstate_source_begin(cvmstate_source* s, uint64_t* bytes) {
   return Guard([&] {
-    if (s == nullptr || s->src) return Fail(-EINVAL, "null or already begun source");
+    if (s == nullptr) return NullArgument("src");
+    if (s->finished) return Finished();
+    if (s->src) return Fail(-EINVAL, "the source has already begun");
     auto nonce = cvmstate::MigrationSource::ReadChallenge(s->source.get());
     if (!nonce.ok()) return FromStatus(nonce.status());
     s->src = std::make_unique<cvmstate::MigrationSource>(&s->vm->state, s->id, s->sink.get());
@@ -426,7 +599,9 @@ int cvmstate_source_begin(cvmstate_source* s, uint64_t* bytes) {
 
 int cvmstate_source_round(cvmstate_source* s, uint64_t* bytes) {
   return Guard([&] {
-    if (s == nullptr || !s->src) return Fail(-EINVAL, "source not begun");
+    if (s == nullptr) return NullArgument("src");
+    if (s->finished) return Finished();
+    if (!s->src) return Fail(-EINVAL, "the source has not begun");
     auto r = s->src->SendRound();
     if (!r.ok()) return FromStatus(r.status());
     if (bytes) *bytes = r->bytes;
@@ -436,7 +611,12 @@ int cvmstate_source_round(cvmstate_source* s, uint64_t* bytes) {
 
 int cvmstate_source_finish(cvmstate_source* s, uint64_t* bytes) {
   return Guard([&] {
-    if (s == nullptr || !s->src) return Fail(-EINVAL, "source not begun");
+    if (s == nullptr) return NullArgument("src");
+    if (s->finished) return Finished();
+    if (!s->src) return Fail(-EINVAL, "the source has not begun");
+    // Whatever happens now, the stream is over: a second finish (or a round)
+    // must not send more.
+    s->finished = true;
     auto r = s->src->Finish();
     if (!r.ok()) return FromStatus(r.status());
     if (bytes) *bytes = r->bytes;
@@ -456,7 +636,7 @@ void cvmstate_source_free(cvmstate_source* s) { delete s; }
 
 static int NewDestination(std::unique_ptr<cvmstate::ByteSink> sink, std::unique_ptr<cvmstate::ByteSource> source,
                           const char* psk_file, cvmstate_destination** out) {
-  if (out == nullptr) return Fail(-EINVAL, "null argument");
+  if (out == nullptr) return NullArgument("out");
   auto d = std::make_unique<cvmstate_destination>();
   int r = LoadKey(psk_file, &d->options.stream.key);
   if (r != 0) return r;
@@ -468,22 +648,34 @@ static int NewDestination(std::unique_ptr<cvmstate::ByteSink> sink, std::unique_
 
 int cvmstate_destination_new_fd(int fd, const char* psk_file, double timeout_seconds, cvmstate_destination** out) {
   return Guard([&] {
+    if (out == nullptr) return NullArgument("out");
+    const int r = CheckFd(fd);
+    if (r != 0) return r;
+    // NaN fails both comparisons.
+    if (!(timeout_seconds > 0 && timeout_seconds <= CVMSTATE_MAX_TIMEOUT_SECONDS)) {
+      return Fail(-EINVAL, "timeout_seconds must be finite, above 0 and at most " +
+                               cvmstate::FormatSeconds(CVMSTATE_MAX_TIMEOUT_SECONDS) + " (got " +
+                               std::to_string(timeout_seconds) + ")");
+    }
     return NewDestination(std::make_unique<cvmstate::FdSink>(fd),
-                          std::make_unique<cvmstate::FdSource>(fd, timeout_seconds > 0 ? timeout_seconds : 30), psk_file,
-                          out);
+                          std::make_unique<cvmstate::FdSource>(fd, timeout_seconds), psk_file, out);
   });
 }
 
 int cvmstate_destination_new_io(const cvmstate_io* io, void* opaque, const char* psk_file, cvmstate_destination** out) {
   return Guard([&] {
-    if (io == nullptr || io->read == nullptr || io->write == nullptr) return Fail(-EINVAL, "incomplete cvmstate_io");
+    if (io == nullptr) return NullArgument("io");
+    if (io->read == nullptr) return NullArgument("io->read");
+    if (io->write == nullptr) return NullArgument("io->write");
     return NewDestination(std::make_unique<IoSink>(*io, opaque), std::make_unique<IoSource>(*io, opaque), psk_file, out);
   });
 }
 
 int cvmstate_destination_receive(cvmstate_destination* d, cvmstate_vm** out) {
   return Guard([&] {
-    if (d == nullptr || out == nullptr || d->incoming) return Fail(-EINVAL, "null or already used destination");
+    if (d == nullptr) return NullArgument("dst");
+    if (out == nullptr) return NullArgument("out");
+    if (d->incoming) return Fail(-EINVAL, "the destination has already received");
     d->options.reply = d->sink.get();
     d->incoming = std::make_unique<cvmstate::IncomingMigration>(nullptr, d->options);
     Status s = d->incoming->Receive(d->source.get());
@@ -501,11 +693,14 @@ const char* cvmstate_destination_vm_id(const cvmstate_destination* d) {
 
 int cvmstate_destination_ack(cvmstate_destination* d, int ok, const char* reason) {
   return Guard([&] {
-    if (d == nullptr || !d->incoming || d->incoming->report().vm_id.empty()) {
+    if (d == nullptr) return NullArgument("dst");
+    if (d->acknowledged) return Finished();
+    if (!d->incoming || d->incoming->report().vm_id.empty()) {
       return Fail(-EINVAL, "destination has received nothing");
     }
+    d->acknowledged = true;  // one answer only, whatever becomes of it
     if (ok != 0) return FromStatus(d->incoming->Acknowledge());
-    (void)d->incoming->Abort(Status::Refused(reason ? reason : "refused"));
+    (void)d->incoming->Abort(Status::Refused(reason ? OneLine(reason) : "refused"));
     return 0;
   });
 }

@@ -68,10 +68,13 @@ Status BlockTracker::Convert(uint64_t offset, uint64_t size, PageState state) {
   if (!listeners_.empty()) {
     for (const Registration& r : listeners_) {
       if (r.offset >= end || r.offset + r.size <= offset) continue;
-      if (offset % r.granularity != 0 || end % r.granularity != 0) {
+      // Only the part inside the section matters: the listener never sees
+      // the rest, and the section itself is aligned to the granularity.
+      const uint64_t a = std::max(offset, r.offset), b = std::min(end, r.offset + r.size);
+      if (a % r.granularity != 0 || b % r.granularity != 0) {
         return Status::InvalidArgument("conversion [" + Hex(offset) + ", " + Hex(end) + ") of block '" + name_ +
-                                       "' is not aligned to the " + Hex(r.granularity) + " granularity of listener '" +
-                                       r.listener->name() + "'");
+                                       "' is not aligned, in [" + Hex(a) + ", " + Hex(b) + "), to the " +
+                                       Hex(r.granularity) + " granularity of listener '" + r.listener->name() + "'");
       }
     }
     ForEachRun(offset, size, [&](const ByteRun& r) {
@@ -182,6 +185,16 @@ Status BlockTracker::RegisterListener(StateListener* listener, uint64_t offset, 
       replay.back().size += r.length;
     } else {
       replay.push_back({r.offset, r.length, PageState::kDiscarded, r.state});
+    }
+  }
+  // The state must already be aligned to the granularity in the listener's
+  // view: a listener of 2 MiB mappings cannot be told of a 4 KiB run. (Once
+  // registered, aligned conversions keep it so.)
+  for (const Change& c : replay) {
+    if (c.offset % g != 0 || c.size % g != 0) {
+      return Status::InvalidArgument("the state of block '" + name_ + "' in [" + Hex(c.offset) + ", " +
+                                     Hex(c.offset + c.size) + ") is not aligned to the " + Hex(g) +
+                                     " granularity of listener '" + listener->name() + "'");
     }
   }
   for (size_t i = 0; i < replay.size(); ++i) {

@@ -50,7 +50,9 @@ class BlockTracker {
   Status ValidateRange(uint64_t offset, uint64_t size) const;
 
   // Converts [offset, offset+size) to `state` after ValidateRange, telling
-  // the registered listeners (see listener.h for the transaction rules) and
+  // the registered listeners (see listener.h for the transaction rules;
+  // the part of the range inside each listener's section must be aligned to
+  // its granularity) and
   // recording the change in the journal when it is enabled. Pages already in
   // `state` stay as they are and are not notified. On error (invalid range,
   // a listener's granularity, a listener's refusal) nothing changed: not the
@@ -61,8 +63,9 @@ class BlockTracker {
   // the byte section [offset, offset+size) and replays the section's
   // current state to it. Fails, with nothing registered and nothing left
   // notified, if the section is invalid or not aligned to the listener's
-  // granularity, if the listener is already registered, or if it refuses
-  // the replay.
+  // granularity, if the section's current state is not (a run the listener
+  // would be told of is not aligned to its granularity), if the listener is
+  // already registered, or if it refuses the replay.
   Status RegisterListener(StateListener* listener, uint64_t offset, uint64_t size);
   // Withdraws the section from the listener and forgets it. NotFound if it
   // is not registered.

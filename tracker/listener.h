@@ -35,9 +35,10 @@ class StateListener {
   // A short name for error messages ("vfio", "kvm-attributes", ...).
   virtual std::string name() const { return "listener"; }
 
-  // Bytes; a power of two. Registration sections and conversions that touch
-  // the section must be aligned to it, or they are refused up front. 0
-  // means the block's page size.
+  // Bytes; a power of two. Registration sections, the section's state at
+  // registration (every run the listener would be told of), and the part of
+  // a conversion inside the section must be aligned to it, or they are
+  // refused up front. 0 means the block's page size.
   virtual uint64_t granularity() const { return 0; }
 
   // What the listener can tell apart: two states with equal views look the

@@ -6,7 +6,10 @@
  *  - Plain C11, opaque handles, fixed-width integers.
  *  - Functions returning int return 0 (or a non-negative value where said)
  *    on success and a negative errno value on failure; cvmstate_last_error()
- *    then returns a one-line message for the calling thread.
+ *    then returns a one-line message for the calling thread (names and
+ *    other strings the caller passed appear in it quoted and escaped).
+ *  - A pointer argument not documented as optional must not be NULL: a
+ *    NULL one is refused with -EINVAL ("null argument: NAME").
  *  - No C++ exception ever crosses this boundary.
  *
  * Thread-safety
@@ -17,14 +20,16 @@
  *    on the calling thread, and must not call back into the same vm).
  *    Different vms may be used from different threads at once.
  *  - A cvmstate_store may be shared by threads: cvmstate_checkpoint,
- *    cvmstate_store_load and cvmstate_store_commit of different VM ids may
- *    run concurrently on it.
+ *    cvmstate_store_load, cvmstate_store_commit and cvmstate_store_delete
+ *    of different VM ids may run concurrently on it (a delete waits for the
+ *    checkpoints in flight of the vms checkpointed to this store).
  *
  * Error codes, one per kind of failure (never derived from a message):
- * -EINVAL invalid argument or range, -ENOENT no such block or VM, -EEXIST
- * name or VM id taken, -EBADMSG corrupted data or stream, -EIO I/O failure,
- * -ETIMEDOUT a wait ran past its deadline, -EACCES authentication failed or
- * the peer refused, -ECANCELED cancelled, -ENOMEM; a refusing listener's own
+ * -EINVAL invalid argument or range, -ENOENT no such block, VM or listener,
+ * -EEXIST name or VM id taken, -EBADMSG corrupted data or stream, -EIO I/O
+ * failure, -ETIMEDOUT a wait ran past its deadline, -EACCES authentication
+ * failed or the peer refused, -ECANCELED cancelled, -EBADF a file
+ * descriptor that is not open, -ENOMEM; a refusing listener's own
  * (negative) code is returned as is.
  */
 #ifndef CVMSTATE_CVMSTATE_H_
@@ -48,6 +53,10 @@ extern "C" {
 #define CVMSTATE_VERSION_PATCH 0
 #define CVMSTATE_VERSION ((CVMSTATE_VERSION_MAJOR << 16) | (CVMSTATE_VERSION_MINOR << 8) | CVMSTATE_VERSION_PATCH)
 
+/* The largest timeout a call accepts, in seconds (about 11.6 days): every
+ * timeout must be finite, above 0 and at most this, else -EINVAL. */
+#define CVMSTATE_MAX_TIMEOUT_SECONDS 1e6
+
 /* The version of the library at run time, as CVMSTATE_VERSION. */
 CVMSTATE_API uint32_t cvmstate_version(void);
 /* The message of the last failing call on this thread ("" if none). The
@@ -69,7 +78,8 @@ typedef struct cvmstate_destination cvmstate_destination;
 /* ---- VM state ---------------------------------------------------------- */
 
 /* A new VM with no blocks; NULL if out of memory. Free with cvmstate_vm_free
- * (after unregistering its listeners). */
+ * (after unregistering its listeners; listeners still registered are freed
+ * with it, untold, and their handles become invalid). */
 CVMSTATE_API cvmstate_vm* cvmstate_vm_new(void);
 CVMSTATE_API void cvmstate_vm_free(cvmstate_vm* vm);
 
@@ -83,7 +93,8 @@ CVMSTATE_API int cvmstate_vm_add_block(cvmstate_vm* vm, const char* name, uint64
  * a KVM_EXIT_MEMORY_FAULT / page-conversion exit. Listeners are told per
  * maximal changed run; if one refuses, all are rolled back, the state is
  * unchanged, and its code is returned. -EINVAL (unaligned, empty, out of
- * bounds, a listener's granularity), -ENOENT (no such block). */
+ * bounds, or the part of the range inside a listener's section not aligned
+ * to its granularity), -ENOENT (no such block). */
 CVMSTATE_API int cvmstate_convert(cvmstate_vm* vm, const char* block, uint64_t offset, uint64_t size, int state);
 
 /* The state of the page holding byte offset (>= 0), or -ENOENT / -EINVAL. */
@@ -92,9 +103,12 @@ CVMSTATE_API int cvmstate_state_at(const cvmstate_vm* vm, const char* block, uin
 /* Called for each maximal run; return non-zero to stop. */
 typedef int (*cvmstate_run_fn)(void* opaque, uint64_t offset, uint64_t size, int state);
 
-/* Calls fn for each maximal run intersecting [offset, offset+size) of block
- * (clipped), ascending; only runs in `state` unless state is -1. Returns 0,
- * or fn's non-zero value if it stopped, or -ENOENT / -EINVAL. */
+/* Calls fn for each maximal run intersecting [offset, offset+size) of block,
+ * ascending, each clipped exactly to [offset, offset+size) (bounds need not
+ * be page aligned: the first and last runs may start or end inside a page);
+ * only runs in `state` unless state is -1. size 0 reports nothing. Returns
+ * 0, or fn's non-zero value if it stopped, or -ENOENT / -EINVAL (the range
+ * not inside the block). */
 CVMSTATE_API int cvmstate_for_each_run(const cvmstate_vm* vm, const char* block, uint64_t offset, uint64_t size,
                                        int state, cvmstate_run_fn fn, void* opaque);
 
@@ -122,13 +136,22 @@ typedef struct cvmstate_attr_ops {
 } cvmstate_attr_ops;
 
 /* Registers a listener for [offset, offset+size) of block and replays the
- * section's shared (or private) runs to it. On failure nothing stays
- * registered or notified. ops is copied; opaque is passed back. */
+ * section's shared (or private) runs to it. The section must be aligned to
+ * the granularity, and so must the section's current state: a run the
+ * listener would be told of that is not (a shared 4 KiB page under a 2 MiB
+ * DMA listener) is -EINVAL naming the block and the range. On failure
+ * nothing stays registered or notified. ops is copied; opaque (optional) is
+ * passed back; a NULL callback accepts and ignores its calls. */
 CVMSTATE_API int cvmstate_register_dma_listener(cvmstate_vm* vm, const char* block, uint64_t offset, uint64_t size,
                                                 const cvmstate_dma_ops* ops, void* opaque, cvmstate_listener** out);
 CVMSTATE_API int cvmstate_register_attr_listener(cvmstate_vm* vm, const char* block, uint64_t offset, uint64_t size,
                                                  const cvmstate_attr_ops* ops, void* opaque, cvmstate_listener** out);
-/* Withdraws the section from the listener (discards / clears) and frees it. */
+/* Withdraws the section from the listener (discards / clears) and frees it:
+ * after it returns 0 the handle is invalid and must not be used again. A
+ * handle that is not a live listener of this vm (registered with another
+ * vm, or already unregistered and not since reused by a new registration)
+ * is refused with -ENOENT and nothing is touched; the vm checks handles by
+ * membership in its own set, never by reading them. */
 CVMSTATE_API int cvmstate_unregister_listener(cvmstate_vm* vm, cvmstate_listener* listener);
 
 /* ---- Persistent store ---------------------------------------------------- */
@@ -143,15 +166,23 @@ CVMSTATE_API void cvmstate_store_close(cvmstate_store* store);
 CVMSTATE_API int cvmstate_checkpoint(cvmstate_store* store, cvmstate_vm* vm, const char* vm_id, uint64_t* bytes);
 
 /* Loads the last committed state of vm_id into a new vm (*out): verified,
- * digest checked. -ENOENT if there is none, -EBADMSG if corrupted. */
+ * digest checked. -ENOENT if there is none, -EBADMSG if corrupted, -EINVAL
+ * for an invalid id (VM ids: [A-Za-z0-9._:-]{1,64}, for every call). */
 CVMSTATE_API int cvmstate_store_load(cvmstate_store* store, const char* vm_id, cvmstate_vm** out);
+
+/* Removes vm_id's checkpoint from the store, all of it in one synced batch.
+ * Every vm checkpointed to (store, vm_id) forgets it, so its next
+ * cvmstate_checkpoint of vm_id writes a whole checkpoint. -ENOENT if vm_id
+ * has none, -EINVAL for an invalid id. */
+CVMSTATE_API int cvmstate_store_delete(cvmstate_store* store, const char* vm_id);
 
 /* ---- Live migration -------------------------------------------------------- */
 
 /* Byte transport for a migration: read returns bytes read (> 0), 0 at end of
  * stream, or a negative errno; write returns bytes written (> 0) or a
  * negative errno. Use these when the VMM has its own migration channel;
- * the *_fd variants take a connected file descriptor (not closed). */
+ * the *_fd variants take a connected file descriptor (not closed): a
+ * negative fd is -EINVAL, one that is not open -EBADF. */
 typedef struct cvmstate_io {
   long (*read)(void* opaque, void* buf, size_t size);
   long (*write)(void* opaque, const void* buf, size_t size);
@@ -159,7 +190,8 @@ typedef struct cvmstate_io {
 
 /* The source side. psk_file (optional) authenticates every frame; the
  * destination must use the same file. Over a channel with a live
- * destination the source first reads its challenge. */
+ * destination the source first reads its challenge. Over an fd each read
+ * (the challenge, the acknowledgement) waits at most 120 s. */
 CVMSTATE_API int cvmstate_source_new_fd(cvmstate_vm* vm, const char* vm_id, int fd, const char* psk_file,
                                         cvmstate_source** out);
 CVMSTATE_API int cvmstate_source_new_io(cvmstate_vm* vm, const char* vm_id, const cvmstate_io* io, void* opaque,
@@ -171,7 +203,9 @@ CVMSTATE_API int cvmstate_source_begin(cvmstate_source* src, uint64_t* bytes);
 CVMSTATE_API int cvmstate_source_round(cvmstate_source* src, uint64_t* bytes);
 /* Stop-and-copy: the final changes and the end frame, then waits for the
  * destination's acknowledgement. 0 once the destination is ready;
- * -EACCES / -EIO / -EBADMSG with its reason otherwise. */
+ * -EACCES / -EIO / -EBADMSG with its reason otherwise. It ends the stream
+ * whatever its result: cvmstate_source_round, _begin or _finish after it
+ * are -EINVAL ("the migration has finished") and send nothing. */
 CVMSTATE_API int cvmstate_source_finish(cvmstate_source* src, uint64_t* bytes);
 /* Rounds sent so far, and the bytes of round r. */
 CVMSTATE_API uint32_t cvmstate_source_rounds(const cvmstate_source* src);
@@ -185,7 +219,9 @@ CVMSTATE_API void cvmstate_source_free(cvmstate_source* src);
  * DMA listeners and private runs to attribute listeners), then
  * cvmstate_destination_ack; on a failure, cvmstate_destination_ack(dst, 0,
  * reason) tells the source, which then commits nothing. These are the steps
- * of the library's own incoming sequence, which the cvmstate program runs. */
+ * of the library's own incoming sequence, which the cvmstate program runs.
+ * timeout_seconds: finite, > 0 and at most CVMSTATE_MAX_TIMEOUT_SECONDS,
+ * else -EINVAL (0, negative, NaN and infinity are refused). */
 CVMSTATE_API int cvmstate_destination_new_fd(int fd, const char* psk_file, double timeout_seconds,
                                              cvmstate_destination** out);
 CVMSTATE_API int cvmstate_destination_new_io(const cvmstate_io* io, void* opaque, const char* psk_file,
@@ -195,7 +231,9 @@ CVMSTATE_API int cvmstate_destination_receive(cvmstate_destination* dst, cvmstat
 CVMSTATE_API const char* cvmstate_destination_vm_id(const cvmstate_destination* dst);
 /* Commits a received vm under vm_id in one batch; -EEXIST if it exists. */
 CVMSTATE_API int cvmstate_store_commit(cvmstate_store* store, const char* vm_id, const cvmstate_vm* vm);
-/* Tells the source: ready (ok != 0) or the failure reason. */
+/* Tells the source: ready (ok != 0) or the failure reason (optional; sent
+ * on one line, control bytes escaped). Once only: a second call is -EINVAL
+ * ("the migration has finished") and sends nothing. */
 CVMSTATE_API int cvmstate_destination_ack(cvmstate_destination* dst, int ok, const char* reason);
 CVMSTATE_API void cvmstate_destination_free(cvmstate_destination* dst);
 

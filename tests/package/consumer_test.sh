@@ -25,4 +25,14 @@ cc -std=c11 "$src/consumer/main.c" -o "$tmp/pc-consumer" \
   $(PKG_CONFIG_PATH="$tmp/prefix/$libdir/pkgconfig" pkg-config --cflags --libs cvmstate) \
   -Wl,-rpath,"$tmp/prefix/$libdir"
 "$tmp/pc-consumer"
-echo "package: find_package (shared, static) and pkg-config consumers pass"
+# The static library through pkg-config --static (Libs.private), C only,
+# with no libcvmstate.so to fall back on.
+pc_static_libs=$(PKG_CONFIG_PATH="$tmp/prefix/$libdir/pkgconfig" pkg-config --static --libs-only-l cvmstate | sed 's/-lcvmstate\( \|$\)//')
+cc -std=c11 "$src/consumer/main.c" -o "$tmp/pc-consumer-static" \
+  $(PKG_CONFIG_PATH="$tmp/prefix/$libdir/pkgconfig" pkg-config --cflags cvmstate) \
+  "$tmp/prefix/$libdir/libcvmstate.a" $pc_static_libs
+if objdump -p "$tmp/pc-consumer-static" | grep -q 'NEEDED *libcvmstate'; then
+  echo "the pkg-config static consumer links libcvmstate.so"; exit 1
+fi
+"$tmp/pc-consumer-static"
+echo "package: C-only find_package (shared, static) and pkg-config (shared, static) consumers pass"

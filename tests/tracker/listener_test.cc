@@ -57,12 +57,14 @@ class DmaModel : public DmaMappingListener {
     last_calls.push_back({offset, size, false});
   }
   bool accepts_double_discard() const override { return dd; }
+  uint64_t granularity() const override { return granularity_; }
   struct Call {
     uint64_t offset, size;
     bool populate;
   };
   std::vector<uint8_t> mapped;
   bool dd;
+  uint64_t granularity_ = 0;
   int refuse_after = -1;
   int populates = 0, discards = 0, violations = 0;
   std::vector<Call> last_calls;
@@ -222,6 +224,48 @@ TEST(ListenerTest, GranularityIsCheckedUpFront) {
   EXPECT_EQ(b->BytesIn(PageState::kShared), g + kPage);
   ModelListener odd(16384, 3 * kPage);
   EXPECT_FALSE(b->RegisterListener(&odd, 0, 12 * kPage).ok());
+}
+
+TEST(ListenerTest, RegistrationRefusesAStateFinerThanTheGranularity) {
+  const uint64_t g = 2 << 20;
+  auto b = BlockTracker::Create("b", 8 * g, kPage, PageState::kPrivate).value();
+  ASSERT_TRUE(b->Convert(g + 5 * kPage, kPage, PageState::kShared).ok());
+  DmaModel dma(8 * g / kPage);
+  dma.granularity_ = g;
+  Status s = b->RegisterListener(&dma, 0, 4 * g);
+  EXPECT_EQ(s.code(), Status::Code::kInvalidArgument) << s.message();
+  EXPECT_NE(s.message().find("block 'b'"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("[0x205000, 0x206000)"), std::string::npos) << s.message();
+  EXPECT_EQ(dma.populates, 0) << "a 4 KiB populate was replayed to a 2 MiB listener";
+  EXPECT_EQ(b->num_listeners(), 0u);
+  // A section that does not hold the odd page, or a state made coarse
+  // again, registers.
+  ASSERT_TRUE(b->RegisterListener(&dma, 2 * g, 2 * g).ok());
+  ASSERT_TRUE(b->UnregisterListener(&dma).ok());
+  ASSERT_TRUE(b->Convert(g, g, PageState::kShared).ok());
+  ASSERT_TRUE(b->RegisterListener(&dma, 0, 4 * g).ok());
+  EXPECT_EQ(dma.populates, 1);
+  EXPECT_EQ(dma.last_calls.back().offset, g);
+  EXPECT_EQ(dma.last_calls.back().size, g);
+}
+
+TEST(ListenerTest, GranularityIsCheckedOnThePartInsideTheSection) {
+  const uint64_t g = 2 << 20;
+  auto b = BlockTracker::Create("b", 8 * g, kPage, PageState::kPrivate).value();
+  DmaModel dma(8 * g / kPage);
+  dma.granularity_ = g;
+  ASSERT_TRUE(b->RegisterListener(&dma, 2 * g, 2 * g).ok());
+  // [g + 4K, 3g): unaligned as a whole, but [2g, 3g) inside the section is.
+  Status s = b->Convert(g + kPage, 2 * g - kPage, PageState::kShared);
+  ASSERT_TRUE(s.ok()) << s.message();
+  EXPECT_EQ(dma.populates, 1);
+  EXPECT_EQ(dma.last_calls.back().offset, 2 * g);
+  EXPECT_EQ(dma.last_calls.back().size, g);
+  // [3g + 4K, 5g): the part inside, [3g + 4K, 4g), is not aligned.
+  s = b->Convert(3 * g + kPage, 2 * g - kPage, PageState::kShared);
+  EXPECT_EQ(s.code(), Status::Code::kInvalidArgument);
+  EXPECT_NE(s.message().find("[0x601000, 0x800000)"), std::string::npos) << s.message();
+  EXPECT_EQ(b->BytesIn(PageState::kShared), 2 * g - kPage);
 }
 
 }  // namespace
