@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <cmath>
+#include <filesystem>
 #include <limits>
 #include <string>
 #include <thread>
@@ -44,6 +45,41 @@ TEST(CApiTest, ErrnoComesFromTheStatusCodeNotItsMessage) {
   EXPECT_EQ(cvmstate_store_commit(store, "g", v.vm), 0) << cvmstate_last_error();
   EXPECT_EQ(cvmstate_store_commit(store, "g", v.vm), -EEXIST) << cvmstate_last_error();
   cvmstate_store_close(store);
+}
+
+// The newest non-empty write-ahead log of a store directory, and its size.
+std::pair<std::string, uint64_t> NewestWal(const std::string& dir) {
+  std::pair<std::string, uint64_t> best;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    const std::string p = e.path().string();
+    if (p.size() > 4 && p.compare(p.size() - 4, 4, ".log") == 0 && e.file_size() > 0 && p > best.first) {
+      best = {p, e.file_size()};
+    }
+  }
+  return best;
+}
+
+TEST(CApiTest, AStoreThatLostAnAcknowledgedCheckpointIsRefused) {
+  // Before, a damaged last WAL record made cvmstate_store_load return the
+  // older checkpoint with rc 0.
+  const std::string db = cvmstate::testing::MakeTempDir() + "/db";
+  Vm v;
+  ASSERT_EQ(cvmstate_vm_add_block(v.vm, "ram", uint64_t{1} << 34, 4096, CVMSTATE_PRIVATE), 0);
+  cvmstate_store* store = nullptr;
+  ASSERT_EQ(cvmstate_store_open(db.c_str(), &store), 0) << cvmstate_last_error();
+  ASSERT_EQ(cvmstate_checkpoint(store, v.vm, "g", nullptr), 0) << cvmstate_last_error();
+  const uint64_t before = NewestWal(db).second;
+  ASSERT_EQ(cvmstate_convert(v.vm, "ram", 1 << 30, 1 << 20, CVMSTATE_SHARED), 0);
+  ASSERT_EQ(cvmstate_checkpoint(store, v.vm, "g", nullptr), 0) << cvmstate_last_error();
+  cvmstate_store_close(store);
+  const auto [wal, after] = NewestWal(db);
+  ASSERT_GT(after, before);
+  std::filesystem::resize_file(wal, before + (after - before) / 2);  // the acknowledged commit's record, cut
+  store = nullptr;
+  EXPECT_EQ(cvmstate_store_open(db.c_str(), &store), -EBADMSG);
+  EXPECT_EQ(store, nullptr);
+  EXPECT_NE(std::string(cvmstate_last_error()).find("has lost committed checkpoints"), std::string::npos)
+      << cvmstate_last_error();
 }
 
 TEST(CApiTest, AClosedStoresCheckpointerIsNeverReused) {
