@@ -136,7 +136,8 @@ void StructuredMode(Bytes in) {
   const unsigned nblocks = 1 + in.U8() % 3;
   size_t records = 0;
   for (uint32_t bi = 0; bi < nblocks; ++bi) {
-    const std::string name = "b" + std::to_string(bi % (2 + in.U8() % 4));  // sometimes a duplicate
+    std::string name = "b";  // an append, not "b" + ...: GCC 12 -Wrestrict false positive (bug 105329)
+    name += std::to_string(bi % (2 + in.U8() % 4));  // sometimes a duplicate
     const unsigned page_shift = 12 + in.U8() % 20;
     // Pages: small, or up to the whole 64-bit space.
     uint64_t pages = (in.U8() & 1) ? 1 + in.U32() % (uint64_t{4} << kShift) : in.U64() >> page_shift;
