@@ -68,6 +68,9 @@ struct cvmstate_source {
   std::unique_ptr<cvmstate::ByteSink> sink;
   std::unique_ptr<cvmstate::ByteSource> source;
   std::unique_ptr<cvmstate::MigrationSource> src;
+  // Over an fd: the channel's two ends, whose deadlines set_timeout changes.
+  cvmstate::FdSink* fd_sink = nullptr;
+  cvmstate::FdSource* fd_source = nullptr;
   bool finished = false;  // cvmstate_source_finish was called: nothing more is sent
 };
 
@@ -196,8 +199,16 @@ int InvalidVmId(const char* id) {
   return Fail(-EINVAL, "invalid VM id " + cvmstate::Quoted(id) + " (" + cvmstate::kVmIdRule + ")");
 }
 
+int CheckTimeout(double timeout_seconds) {
+  // NaN fails both comparisons.
+  if (timeout_seconds > 0 && timeout_seconds <= CVMSTATE_MAX_TIMEOUT_SECONDS) return 0;
+  return Fail(-EINVAL, "timeout_seconds must be finite, above 0 and at most " +
+                           cvmstate::FormatSeconds(CVMSTATE_MAX_TIMEOUT_SECONDS) + " (got " +
+                           std::to_string(timeout_seconds) + ")");
+}
+
 // What a source over a file descriptor waits for each read (the challenge,
-// the acknowledgement).
+// the acknowledgement) and each write, until cvmstate_source_set_timeout.
 constexpr double kSourceFdTimeoutSeconds = 120;
 
 class CDmaListener final : public cvmstate::DmaMappingListener {
@@ -280,9 +291,12 @@ class IoSource final : public cvmstate::ByteSource {
   void* opaque_;
 };
 
+// How long a key file that is a pipe or FIFO may take to deliver its key.
+constexpr double kKeyFileTimeoutSeconds = 30;
+
 int LoadKey(const char* psk_file, std::string* key) {
   if (psk_file == nullptr) return 0;
-  auto k = cvmstate::LoadPskFile(psk_file);
+  auto k = cvmstate::LoadPskFile(psk_file, kKeyFileTimeoutSeconds);
   if (!k.ok()) return FromStatus(k.status());
   *key = std::move(k).value();
   return 0;
@@ -564,9 +578,30 @@ int cvmstate_source_new_fd(cvmstate_vm* vm, const char* vm_id, int fd, const cha
     if (out == nullptr) return NullArgument("out");
     const int r = CheckFd(fd);
     if (r != 0) return r;
-    return NewSource(vm, vm_id, std::make_unique<cvmstate::FdSink>(fd),
-                     std::make_unique<cvmstate::FdSource>(fd, kSourceFdTimeoutSeconds), psk_file,
-                     out);
+    auto sink = std::make_unique<cvmstate::FdSink>(fd, kSourceFdTimeoutSeconds);
+    auto source = std::make_unique<cvmstate::FdSource>(fd, kSourceFdTimeoutSeconds);
+    cvmstate::FdSink* fd_sink = sink.get();
+    cvmstate::FdSource* fd_source = source.get();
+    const int made = NewSource(vm, vm_id, std::move(sink), std::move(source), psk_file, out);
+    if (made == 0) {
+      (*out)->fd_sink = fd_sink;
+      (*out)->fd_source = fd_source;
+    }
+    return made;
+  });
+}
+
+int cvmstate_source_set_timeout(cvmstate_source* src, double timeout_seconds) {
+  return Guard([&] {
+    if (src == nullptr) return NullArgument("src");
+    const int t = CheckTimeout(timeout_seconds);
+    if (t != 0) return t;
+    if (src->fd_sink == nullptr) {
+      return Fail(-EINVAL, "the source runs over callbacks (cvmstate_source_new_io): they bound their own waits");
+    }
+    src->fd_sink->set_timeout(timeout_seconds);
+    src->fd_source->set_timeout(timeout_seconds);
+    return 0;
   });
 }
 
@@ -651,13 +686,9 @@ int cvmstate_destination_new_fd(int fd, const char* psk_file, double timeout_sec
     if (out == nullptr) return NullArgument("out");
     const int r = CheckFd(fd);
     if (r != 0) return r;
-    // NaN fails both comparisons.
-    if (!(timeout_seconds > 0 && timeout_seconds <= CVMSTATE_MAX_TIMEOUT_SECONDS)) {
-      return Fail(-EINVAL, "timeout_seconds must be finite, above 0 and at most " +
-                               cvmstate::FormatSeconds(CVMSTATE_MAX_TIMEOUT_SECONDS) + " (got " +
-                               std::to_string(timeout_seconds) + ")");
-    }
-    return NewDestination(std::make_unique<cvmstate::FdSink>(fd),
+    const int t = CheckTimeout(timeout_seconds);
+    if (t != 0) return t;
+    return NewDestination(std::make_unique<cvmstate::FdSink>(fd, timeout_seconds),
                           std::make_unique<cvmstate::FdSource>(fd, timeout_seconds), psk_file, out);
   });
 }
@@ -668,6 +699,18 @@ int cvmstate_destination_new_io(const cvmstate_io* io, void* opaque, const char*
     if (io->read == nullptr) return NullArgument("io->read");
     if (io->write == nullptr) return NullArgument("io->write");
     return NewDestination(std::make_unique<IoSink>(*io, opaque), std::make_unique<IoSource>(*io, opaque), psk_file, out);
+  });
+}
+
+int cvmstate_destination_set_max_runs(cvmstate_destination* d, uint64_t max_runs) {
+  return Guard([&] {
+    if (d == nullptr) return NullArgument("dst");
+    if (d->incoming) return Fail(-EINVAL, "the destination has already received");
+    if (max_runs == 0 || max_runs > (uint64_t{1} << 32)) {
+      return Fail(-EINVAL, "max_runs must be 1 to 2^32 (got " + std::to_string(max_runs) + ")");
+    }
+    d->options.stream.max_runs = max_runs;
+    return 0;
   });
 }
 

@@ -208,6 +208,9 @@ Status ParseRuns(std::string_view* in, uint64_t pages, uint64_t max_runs, std::v
   }
   const size_t packed = (count + 3) / 4;
   if (in->size() < packed) return Status::Corruption("truncated states");
+  // Every length takes a byte at least: what is reserved below is bounded
+  // by the input, never by the count it claims.
+  if (in->size() - packed < count) return Status::Corruption("truncated run lengths");
   std::string_view states = in->substr(0, packed);
   in->remove_prefix(packed);
   runs->reserve(count);

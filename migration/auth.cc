@@ -4,10 +4,6 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
-#include <fstream>
-#include <sstream>
-
-#include "migration/psk.h"
 
 namespace cvmstate {
 namespace migration_internal {
@@ -52,21 +48,5 @@ SessionKeys DeriveSessionKeys(std::string_view key, std::string_view nonce) {
 }
 
 }  // namespace migration_internal
-
-Result<std::string> LoadPskFile(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) return Status::IOError("cannot read the key file '" + path + "'");
-  std::string content;
-  char buf[4096];
-  while (f.read(buf, sizeof buf) || f.gcount() > 0) {
-    content.append(buf, static_cast<size_t>(f.gcount()));
-    if (content.size() > (1u << 16)) return Status::InvalidArgument("the key file '" + path + "' is larger than 64 KiB");
-  }
-  if (content.size() < 16) {
-    return Status::InvalidArgument("the key file '" + path + "' holds " + std::to_string(content.size()) +
-                                   " bytes; use at least 16 random bytes (head -c 32 /dev/urandom > key)");
-  }
-  return migration_internal::Hmac(content, "cvmstate psk v1");
-}
 
 }  // namespace cvmstate

@@ -5,8 +5,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <climits>
 #include <cstring>
 
 #include "tracker/format.h"
@@ -21,11 +23,42 @@ std::string Errno(const char* what) { return std::string(what) + ": " + std::str
 }  // namespace
 
 Status FdSink::Write(std::string_view data) {
+  const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout_));
+  bool socket = true;
   while (!data.empty()) {
-    ssize_t n = ::send(fd_, data.data(), data.size(), MSG_NOSIGNAL);
-    if (n < 0 && errno == ENOTSOCK) n = ::write(fd_, data.data(), data.size());
+    if (timeout_ > 0) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+      if (left <= 0) {
+        return Status::TimedOut("timed out after " + FormatSeconds(timeout_) +
+                                " writing to the migration channel (the peer stopped reading)");
+      }
+      pollfd pfd{fd_, POLLOUT, 0};
+      const int r = poll(&pfd, 1, static_cast<int>(std::min<long long>(left, 1000)));
+      if (r < 0 && errno != EINTR) return Status::IOError(Errno("poll"));
+      if (r <= 0) continue;
+      // POLLERR or POLLHUP: the write below reports the error.
+    }
+    ssize_t n = -1;
+    if (socket) {
+      n = ::send(fd_, data.data(), data.size(), MSG_NOSIGNAL | (timeout_ > 0 ? MSG_DONTWAIT : 0));
+      if (n < 0 && errno == ENOTSOCK) socket = false;
+    }
+    if (!socket) {
+      // A pipe reported writable has room for PIPE_BUF bytes at least; a
+      // regular file is always writable.
+      const size_t most = timeout_ > 0 ? std::min<size_t>(data.size(), PIPE_BUF) : data.size();
+      n = ::write(fd_, data.data(), most);
+    }
     if (n < 0) {
       if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        // Full (a non-blocking descriptor): wait for room, within the deadline if any.
+        if (timeout_ <= 0) {
+          pollfd pfd{fd_, POLLOUT, 0};
+          (void)poll(&pfd, 1, -1);
+        }
+        continue;
+      }
       return Status::IOError(Errno("write to the migration channel failed"));
     }
     data.remove_prefix(static_cast<size_t>(n));

@@ -27,14 +27,20 @@ class ByteSource {
   [[nodiscard]] virtual Status Read(void* buf, size_t n) = 0;
 };
 
-// Writes to a file descriptor it does not own.
+// Writes to a file descriptor it does not own. Each Write must finish
+// within timeout_seconds (0: no limit), else TimedOut: a peer that stops
+// reading cannot hold the writer. It never blocks in the kernel: sockets
+// are written with MSG_DONTWAIT, pipes at most PIPE_BUF bytes at a time
+// once poll says there is room (the descriptor's own flags are left alone).
 class FdSink : public ByteSink {
  public:
-  explicit FdSink(int fd) : fd_(fd) {}
+  FdSink(int fd, double timeout_seconds) : fd_(fd), timeout_(timeout_seconds) {}
   [[nodiscard]] Status Write(std::string_view data) override;
+  void set_timeout(double seconds) { timeout_ = seconds; }
 
  private:
   int fd_;
+  double timeout_;
 };
 
 // Reads from a file descriptor it does not own; each Read waits at most
@@ -43,6 +49,7 @@ class FdSource : public ByteSource {
  public:
   FdSource(int fd, double timeout_seconds) : fd_(fd), timeout_(timeout_seconds) {}
   [[nodiscard]] Status Read(void* buf, size_t n) override;
+  void set_timeout(double seconds) { timeout_ = seconds; }
 
  private:
   int fd_;

@@ -1,5 +1,7 @@
 #include "migration/destination.h"
 
+#include <algorithm>
+
 #include "codec/chunk_codec.h"
 #include "migration/auth.h"
 #include "migration/frames.h"
@@ -83,20 +85,33 @@ Result<VmState> MigrationDestination::ReadHello(ByteSource* in, std::string* vm_
     s = opt_.accept_vm(*vm_id);
     if (!s.ok()) return s;
   }
-  if (hello->blocks() == nullptr || hello->blocks()->size() == 0 || hello->blocks()->size() > opt_.max_blocks) {
-    return Status::Corruption("frame 1: bad block list");
+  // A VM with no blocks is a VM too (the store keeps it; an absent vector
+  // is an empty one).
+  const uint64_t nblocks = hello->blocks() == nullptr ? 0 : hello->blocks()->size();
+  if (nblocks > opt_.max_blocks) {
+    return Status::Refused("frame 1: " + std::to_string(nblocks) + " blocks, more than this destination accepts (" +
+                           std::to_string(opt_.max_blocks) + ")");
+  }
+  if (hello->total_runs() > opt_.max_runs) {
+    return Status::Refused("frame 1: the source holds " + std::to_string(hello->total_runs()) +
+                           " runs, more runs than this destination accepts (max_runs " +
+                           std::to_string(opt_.max_runs) + ")");
   }
   VmState vm;
-  uint64_t guest = 0;
-  for (const fbs::BlockDesc* d : *hello->blocks()) {
+  uint64_t guest = 0, chunks = 0;
+  for (uint64_t i = 0; i < nblocks; ++i) {
+    const fbs::BlockDesc* d = hello->blocks()->Get(static_cast<flatbuffers::uoffset_t>(i));
     if (d->name() == nullptr || !IsValidPageStateValue(d->initial())) return Status::Corruption("frame 1: bad block");
-    s = vm.AddBlock(d->name()->str(), d->size(), d->page_size(), static_cast<PageState>(d->initial()));
-    if (!s.ok()) return Status::Corruption("frame 1: " + s.message());
     guest += d->size();
     if (guest > opt_.max_guest_bytes || guest < d->size()) {
       return Status::Refused("frame 1: the guest is larger than this destination accepts");
     }
+    s = vm.AddBlock(d->name()->str(), d->size(), d->page_size(), static_cast<PageState>(d->initial()));
+    if (!s.ok()) return Status::Corruption("frame 1: " + s.message());
+    chunks += vm.block(vm.num_blocks() - 1).map().num_chunks();
   }
+  state_bytes_ = vm.MemoryBytes();
+  state_budget_ = state_bytes_ + kStateBytesPerRun * opt_.max_runs + kStateBytesPerChunk * chunks;
   return vm;
 }
 
@@ -131,14 +146,23 @@ Status MigrationDestination::ApplySections(const fbs::Sections& sec, uint64_t se
       return Status::Corruption(swhere + " is outside block '" + b.name() + "'");
     }
     const uint64_t begin = prev_end + gap;
-    s = ParseRuns(&p, len, sec.runs() - runs_seen, &runs);
+    // At most one section's runs are in flight (a source starts a new
+    // section after kMaxSectionRuns).
+    s = ParseRuns(&p, len, std::min<uint64_t>(sec.runs() - runs_seen, kMaxSectionRuns), &runs);
     if (!s.ok()) return Status::Corruption(swhere + ": " + s.message());
     runs_seen += runs.size();
+    const uint64_t bytes_before = b.MemoryBytes();
     uint64_t at = begin;
     for (const ChunkRun& r : runs) {
       s = b.Convert(at << b.page_shift(), r.pages << b.page_shift(), r.state);
       if (!s.ok()) return Status::Corruption(where + s.message());
       at += r.pages;
+    }
+    state_bytes_ = state_bytes_ - bytes_before + b.MemoryBytes();
+    if (state_bytes_ > state_budget_) {
+      return Status::Refused(swhere + ": the state being received needs more memory than this destination's budget (" +
+                             std::to_string(state_budget_ >> 20) + " MiB for max_runs " + std::to_string(opt_.max_runs) +
+                             ")");
     }
     prev_end = begin + len;
   }
@@ -190,6 +214,11 @@ Result<VmState> MigrationDestination::Receive(ByteSource* in, std::string* vm_id
         const fbs::End* e = f->body_as_End();
         if (round_.index == 0 || round_.open || e->rounds() != round_.index) {
           return Status::Corruption(Where(seq, "end") + "arrives before its rounds are complete");
+        }
+        if (e->total_runs() > opt_.max_runs) {
+          return Status::Refused(Where(seq, "end") + "the state holds " + std::to_string(e->total_runs()) +
+                                 " runs, more runs than this destination accepts (max_runs " +
+                                 std::to_string(opt_.max_runs) + ")");
         }
         if (!rounds_.empty()) rounds_.back().bytes += round_.stats.bytes;
         if (ComputeStateDigest(vm) != e->digest()) {

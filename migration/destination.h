@@ -30,11 +30,25 @@ struct Sections;
 
 class MigrationDestination {
  public:
+  static constexpr uint64_t kDefaultMaxRuns = uint64_t{1} << 22;  // 4,194,304
+  // What a run map may take a run in the worst legitimate state (a dense
+  // chunk of 16 KiB holding 257 runs before it turns back into a list),
+  // and a chunk of the guest (directory entry, key, smallest list).
+  static constexpr uint64_t kStateBytesPerRun = 64;
+  static constexpr uint64_t kStateBytesPerChunk = 96;
+
   struct Options {
     size_t max_frame_bytes = size_t{8} << 20;      // larger frames end the migration
     uint64_t max_guest_bytes = uint64_t{1} << 46;  // 64 TiB over all blocks
     uint64_t max_blocks = 4096;
-    uint64_t max_runs = uint64_t{1} << 23;  // bounds the memory a sender can make us use
+    // The largest state accepted, in runs, and with it the memory budget:
+    // the hello's run count above it is refused at once; the state being
+    // built may take at most kStateBytesPerRun bytes a run of max_runs plus
+    // kStateBytesPerChunk a run-map chunk of the guest (checked after every
+    // section, so one section of at most 65,536 runs is all it can
+    // overshoot); the stream may carry at most 4 x max_runs runs in all
+    // (bounded work); the end frame's run count above it is refused.
+    uint64_t max_runs = kDefaultMaxRuns;
     // Called with the VM id from the hello; a non-OK status refuses it
     // (for example because the id already exists in the store).
     std::function<Status(const std::string&)> accept_vm;
@@ -88,6 +102,8 @@ class MigrationDestination {
     RoundStats stats;
   } round_;
   uint64_t bytes_ = 0;
+  uint64_t state_bytes_ = 0;   // the run maps being built (RunMap::MemoryBytes)
+  uint64_t state_budget_ = 0;  // set from max_runs and the hello's blocks
   std::chrono::steady_clock::time_point end_received_{};
 };
 

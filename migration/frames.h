@@ -21,6 +21,13 @@ constexpr uint32_t kFormatVersion = 1;
 constexpr size_t kHeaderBytes = 8;
 constexpr size_t kMaxSectionRuns = 1 << 16;   // runs a section carries at most
 constexpr size_t kMaxFrameRaw = size_t{4} << 20;  // raw bytes a Sections frame carries at most
+// What the stream format carries at most (docs/stream-format.md, section
+// 5): the source refuses a VM beyond these before it sends anything.
+constexpr uint64_t kMaxBlocks = 4096;
+constexpr uint64_t kMaxGuestBytes = uint64_t{1} << 46;  // 64 TiB over all blocks
+// Tables the FlatBuffers verifier may meet in one frame: a hello has one
+// per block plus two (its default of 1,024 refused VMs of 1,023 blocks).
+constexpr size_t kMaxFrameTables = kMaxBlocks + 16;
 
 inline void PutU32(char* p, uint32_t v) {
   for (int i = 0; i < 4; ++i) p[i] = static_cast<char>(v >> (8 * i));
@@ -70,7 +77,7 @@ inline Status ReadFrame(ByteSource* in, size_t max, uint64_t index, RawFrame* f,
   *bytes += kHeaderBytes + f->mac.size() + len;
   if (Crc32c(f->body.data(), len) != crc) return Status::Corruption("frame " + std::to_string(index) + ": checksum mismatch");
   auto* p = reinterpret_cast<const uint8_t*>(f->body.data());
-  flatbuffers::Verifier v(p, len, 16, 1024);
+  flatbuffers::Verifier v(p, len, 16, kMaxFrameTables);
   if (!schema::FrameBufferHasIdentifier(p) || !schema::VerifyFrameBuffer(v)) {
     return Status::Corruption("frame " + std::to_string(index) + ": fails verification");
   }

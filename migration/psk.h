@@ -10,9 +10,11 @@ namespace cvmstate {
 
 // Reads a pre-shared key file (16 bytes to 64 KiB, ideally random) and
 // derives the key MigrationSource::SetKey and
-// MigrationDestination::Options::key take. IOError if it cannot be read,
-// InvalidArgument if its size is out of range.
-Result<std::string> LoadPskFile(const std::string& path);
+// MigrationDestination::Options::key take. A pipe or FIFO (a key handed
+// over by `<(...)`) is read until its end, all of it within timeout_seconds
+// (TimedOut otherwise: open never blocks). IOError if it cannot be read,
+// InvalidArgument if it is a directory or its size is out of range.
+Result<std::string> LoadPskFile(const std::string& path, double timeout_seconds);
 
 }  // namespace cvmstate
 

@@ -28,8 +28,25 @@ Result<std::string> MigrationSource::ReadChallenge(ByteSource* from) {
 
 Result<std::string> MigrationSource::NewNonce() { return RandomNonce(); }
 
+Status MigrationSource::CheckStreamable(const VmState& vm) {
+  if (vm.num_blocks() > kMaxBlocks) {
+    return Status::InvalidArgument("the VM has " + std::to_string(vm.num_blocks()) +
+                                   " blocks; a migration stream carries at most " + std::to_string(kMaxBlocks));
+  }
+  uint64_t guest = 0;
+  for (size_t i = 0; i < vm.num_blocks(); ++i) {
+    guest += vm.block(i).size();
+    if (guest > kMaxGuestBytes || guest < vm.block(i).size()) {
+      return Status::InvalidArgument("the VM's blocks hold more than 64 TiB; a migration stream carries at most that");
+    }
+  }
+  return Status::OK();
+}
+
 Status MigrationSource::Begin(std::string_view nonce) {
   if (nonce.size() != kNonceBytes) return Status::InvalidArgument("a nonce has 32 bytes");
+  Status ok = CheckStreamable(*vm_);
+  if (!ok.ok()) return ok;
   if (!key_.empty()) {
     SessionKeys k = DeriveSessionKeys(key_, nonce);
     send_key_ = std::move(k.source_to_destination);

@@ -31,6 +31,10 @@ class MigrationSource {
   // Authenticates every frame with keys derived from `key` (see
   // LoadPskFile) and the stream's nonce. Call before Begin.
   void SetKey(std::string key) { key_ = std::move(key); }
+  // InvalidArgument if the stream format cannot carry `vm` (more than 4,096
+  // blocks, more than 64 TiB in all): Begin refuses it before sending
+  // anything, so a source never commits a state no destination can read.
+  [[nodiscard]] static Status CheckStreamable(const VmState& vm);
   // Over a network: reads the destination's challenge, the nonce to answer.
   static Result<std::string> ReadChallenge(ByteSource* from);
   // For a stream with no live destination (a file): a fresh nonce.

@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -62,15 +63,33 @@ Result<int> TcpConnect(const std::string& host_port, double retry_seconds) {
   std::string last = "no address";
   for (;;) {
     for (addrinfo* ai = res.value(); ai != nullptr; ai = ai->ai_next) {
-      int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+      // Non-blocking, so that a host that drops the SYN cannot hold us past
+      // the deadline (a blocking connect waits for the kernel's retries).
+      int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, ai->ai_protocol);
       if (fd < 0) continue;
-      if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
+      int err = connect(fd, ai->ai_addr, ai->ai_addrlen) == 0 ? 0 : errno;
+      while (err == EINPROGRESS || err == EINTR) {
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+        if (left <= 0) {
+          err = ETIMEDOUT;
+          break;
+        }
+        pollfd p{fd, POLLOUT, 0};
+        const int r = poll(&p, 1, static_cast<int>(std::min<long long>(left, 1000)));
+        if (r < 0 && errno != EINTR) {
+          err = errno;
+        } else if (r > 0) {
+          socklen_t len = sizeof err;
+          if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+        }
+      }
+      if (err == 0 && fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) == 0) {
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         freeaddrinfo(res.value());
         return fd;
       }
-      last = std::strerror(errno);
+      last = std::strerror(err != 0 ? err : errno);
       close(fd);
     }
     if (Clock::now() >= deadline) break;

@@ -13,7 +13,10 @@ namespace cvmstate {
 
 // "HOST:PORT" (HOST an IPv4 or IPv6 literal in brackets, or a name) to a
 // connected TCP socket, retrying for up to retry_seconds while nobody
-// listens yet. The caller closes it.
+// listens yet; no attempt outlasts that deadline (an unreachable host is an
+// error after retry_seconds, not after the kernel's SYN retries). Name
+// resolution (getaddrinfo) is not bounded: give an address to avoid it.
+// The caller closes it.
 Result<int> TcpConnect(const std::string& host_port, double retry_seconds);
 // A listening TCP socket; *bound gets "HOST:PORT" with the real port.
 Result<int> TcpListen(const std::string& host_port, std::string* bound);

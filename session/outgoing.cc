@@ -18,6 +18,8 @@ Status WithDestinationReason(const Status& failed, MigrationSource* src, const O
 Status RunOutgoingMigration(VmState* vm, const std::string& vm_id, ByteSink* sink, const OutgoingOptions& o,
                             const BetweenRounds& between_rounds, OutgoingReport* report) {
   if (o.rounds < 1) return Status::InvalidArgument("a migration needs at least one round after the full state");
+  Status streamable = MigrationSource::CheckStreamable(*vm);
+  if (!streamable.ok()) return streamable;
   auto nonce = o.replies != nullptr ? MigrationSource::ReadChallenge(o.replies) : MigrationSource::NewNonce();
   if (!nonce.ok()) return nonce.status();
   MigrationSource src(vm, vm_id, sink);

@@ -163,7 +163,7 @@ class DestinationHost {
     ScopedFd conn;
     conn.fd = fd.value();
     FdSource in(conn.fd, 30);
-    FdSink back(conn.fd);
+    FdSink back(conn.fd, 30);
     IncomingOptions opt;
     opt.reply = &back;
     HostListeners listeners;
@@ -271,7 +271,7 @@ Status MigrateLive(SourceGuest* g, const std::vector<TraceDirective>& live, cons
   if (!fd.ok()) return fd.status();
   ScopedFd conn;
   conn.fd = fd.value();
-  FdSink sink(conn.fd);
+  FdSink sink(conn.fd, 60);
   FdSource replies(conn.fd, 60), refusal(conn.fd, 2);
   OutgoingOptions opt;
   opt.rounds = kRounds;

@@ -35,6 +35,7 @@ struct DumpOptions {
   std::string vm;
   std::string format = "summary";
   std::string out;
+  uint64_t max_runs = MigrationDestination::kDefaultMaxRuns;
 };
 
 std::string JsonEscape(const std::string& s) {
@@ -117,13 +118,14 @@ void Json(const VmState& vm, const CheckpointInfo& info, std::string* out) {
 }
 
 // The final state carried by a recorded migration stream.
-Result<VmState> LoadStream(const std::string& path, CheckpointInfo* info) {
+Result<VmState> LoadStream(const std::string& path, uint64_t max_runs, CheckpointInfo* info) {
   ScopedFd fd;
   fd.fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd.fd < 0) return Status::IOError("cannot read '" + path + "': " + std::strerror(errno));
   FdSource in(fd.fd, 0);
   MigrationDestination::Options opt;
   opt.ignore_macs = true;  // inspection: integrity without the key
+  opt.max_runs = max_runs;
   MigrationDestination dest(opt);
   std::string id;
   auto vm = dest.Receive(&in, &id);
@@ -141,7 +143,7 @@ int RunDump(const DumpOptions& o) {
   CheckpointInfo info;
   Result<VmState> vm = Status::NotFound("");
   if (!o.stream.empty()) {
-    vm = LoadStream(o.stream, &info);
+    vm = LoadStream(o.stream, o.max_runs, &info);
     if (!vm.ok()) return Fail(vm.status().message());
     return Print(o, vm.value(), info);
   }
@@ -203,6 +205,9 @@ void AddDumpCommand(CLI::App& app, int* exit_code) {
   CLI::Option* db = sub->add_option("--db", o->db, "Store directory (opened read-only)");
   CLI::Option* stream = sub->add_option("--stream", o->stream, "A recorded migration stream (migrate send --to-file)");
   db->excludes(stream);
+  sub->add_option("--max-runs", o->max_runs,
+                  "With --stream: the largest state read, in runs (default 4194304; as migrate recv)")
+      ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 32));
   sub->add_option("--vm", o->vm, "VM id; may be omitted when the store holds one VM");
   sub->add_option("--format", o->format, "summary (default, for people), runs (canonical listing), json, svg (memory map)")
       ->check(CLI::IsMember({"summary", "runs", "json", "svg"}));

@@ -7,12 +7,15 @@
 #include <chrono>
 #include <cinttypes>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <memory>
 #include <string>
 
 #include "migration/byte_stream.h"
 #include "migration/psk.h"
+#include "migration/source.h"
 #include "migration/tcp.h"
 #include "session/incoming.h"
 #include "session/outgoing.h"
@@ -21,6 +24,7 @@
 #include "tools/commands.h"
 #include "tools/host_listeners.h"
 #include "tools/output.h"
+#include "tracker/format.h"
 #include "tracker/names.h"
 
 namespace cvmstate::tools {
@@ -29,11 +33,13 @@ namespace {
 struct SendOptions {
   std::string db, vm, to, to_file, trace, psk_file;
   int rounds = 3;
+  double timeout = 30;
 };
 
 struct RecvOptions {
   std::string listen, from_file, db, vm, psk_file;
   double timeout = 30;
+  uint64_t max_runs = MigrationDestination::kDefaultMaxRuns;
 };
 
 void PrintRound(const char* who, const RoundStats& r, bool final_round) {
@@ -80,19 +86,22 @@ void DrainSocket(int fd, double seconds) {
   }
 }
 
-Result<std::string> KeyFrom(const std::string& psk_file) {
+Result<std::string> KeyFrom(const std::string& psk_file, double timeout) {
   if (psk_file.empty()) return std::string();
-  return LoadPskFile(psk_file);
+  return LoadPskFile(psk_file, timeout);
 }
 
 int RunSend(const SendOptions& o) {
-  auto key = KeyFrom(o.psk_file);
+  auto key = KeyFrom(o.psk_file, o.timeout);
   if (!key.ok()) return Fail(key.status().message());
   auto store = CheckpointStore::Open(o.db);
   if (!store.ok()) return Fail(store.status().message());
   CheckpointInfo info;
   auto vm = store.value()->Load(o.vm, &info);
   if (!vm.ok()) return Fail(vm.status().message());
+  // Refused before the channel or the file is touched.
+  Status streamable = MigrationSource::CheckStreamable(vm.value());
+  if (!streamable.ok()) return Fail("cannot migrate VM " + Quoted(o.vm) + ": " + streamable.message());
   std::vector<TraceDirective> conversions;
   if (!o.trace.empty()) {
     Status s = LoadTraceConversions(o.trace, vm.value(), &conversions);
@@ -103,15 +112,19 @@ int RunSend(const SendOptions& o) {
   }
   ScopedFd fd;
   if (!o.to.empty()) {
-    auto c = TcpConnect(o.to, 5);
+    auto c = TcpConnect(o.to, o.timeout);
     if (!c.ok()) return Fail(c.status().message());
     fd.fd = c.value();
   } else {
-    fd.fd = open(o.to_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    // Non-blocking open: a FIFO nobody reads fails at once (ENXIO) instead
+    // of holding us in open(); the writes then poll within --timeout.
+    fd.fd = open(o.to_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NONBLOCK, 0644);
+    if (fd.fd < 0 && errno == ENXIO) return Fail("cannot write '" + o.to_file + "': a FIFO that nobody reads");
     if (fd.fd < 0) return Fail("cannot write '" + o.to_file + "': " + std::strerror(errno));
   }
-  FdSink sink(fd.fd);
-  FdSource replies(fd.fd, 120), refusal(fd.fd, 2);
+  // Every write and every wait for the destination ends within --timeout.
+  FdSink sink(fd.fd, o.timeout);
+  FdSource replies(fd.fd, o.timeout), refusal(fd.fd, std::min(o.timeout, 2.0));
   OutgoingOptions opt;
   opt.rounds = o.rounds;
   opt.key = key.value();
@@ -157,11 +170,7 @@ int RunSend(const SendOptions& o) {
   return 0;
 }
 
-int RunRecv(const RecvOptions& o) {
-  auto key = KeyFrom(o.psk_file);
-  if (!key.ok()) return Fail(key.status().message());
-  auto store = CheckpointStore::Open(o.db);
-  if (!store.ok()) return Fail(store.status().message());
+int ReceiveInto(const RecvOptions& o, const std::string& key, CheckpointStore* store) {
   ScopedFd listener, fd;
   const bool network = !o.listen.empty();
   if (network) {
@@ -175,20 +184,23 @@ int RunRecv(const RecvOptions& o) {
     if (!a.ok()) return Fail(a.status().message());
     fd.fd = a.value();
   } else {
-    fd.fd = open(o.from_file.c_str(), O_RDONLY | O_CLOEXEC);
+    // Non-blocking open: a FIFO with no writer does not hold us in open();
+    // every read then waits at most --timeout.
+    fd.fd = open(o.from_file.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd.fd < 0) return Fail("cannot read '" + o.from_file + "': " + std::strerror(errno));
   }
   FdSource in(fd.fd, o.timeout);
-  FdSink back(fd.fd);
+  FdSink back(fd.fd, o.timeout);
   IncomingOptions opt;
-  opt.stream.key = key.value();
+  opt.stream.key = key;
+  opt.stream.max_runs = o.max_runs;
   opt.commit_as = o.vm;
   if (network) {
     opt.reply = &back;
     opt.drain = [&fd] { DrainSocket(fd.fd, 2.0); };
   }
   HostListeners listeners;
-  IncomingMigration incoming(store.value().get(), std::move(opt));
+  IncomingMigration incoming(store, std::move(opt));
   auto vm = incoming.Run(&in, [&](const BlockTracker& b) { return listeners.For(b); });
   if (!vm.ok()) return Fail("migration failed: " + vm.status().message());
   const IncomingReport& r = incoming.report();
@@ -203,6 +215,38 @@ int RunRecv(const RecvOptions& o) {
   // the guest resumes on them).
   listeners.Detach(&vm.value());
   return 0;
+}
+
+int RunRecv(const RecvOptions& o) {
+  auto key = KeyFrom(o.psk_file, o.timeout);
+  if (!key.ok()) return Fail(key.status().message());
+  // A failed migration leaves DIR as it was: one that did not exist is
+  // removed again (the store it got is empty by then).
+  std::error_code ec;
+  const bool created = !std::filesystem::exists(o.db, ec) && !ec;
+  auto store = CheckpointStore::Open(o.db);
+  if (!store.ok()) return Fail(store.status().message());
+  const int rc = ReceiveInto(o, key.value(), store.value().get());
+  if (rc != 0 && created) {
+    store.value().reset();
+    std::filesystem::remove_all(o.db, ec);
+  }
+  return rc;
+}
+
+// A finite number of seconds from 0.1 to one day (CLI::Range lets NaN
+// through: it fails no comparison).
+CLI::Validator TimeoutSeconds() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        char* end = nullptr;
+        const double v = std::strtod(text.c_str(), &end);
+        if (text.empty() || *end != '\0' || !(v >= 0.1 && v <= 86400.0)) {
+          return "a timeout is a number of seconds from 0.1 to 86400, not '" + text + "'";
+        }
+        return std::string();
+      },
+      "SECONDS in [0.1, 86400]");
 }
 
 }  // namespace
@@ -227,6 +271,10 @@ void AddMigrateCommand(CLI::App& app, int* exit_code) {
   send->add_option("--psk-file", s->psk_file, "Authenticate every frame with a key derived from FILE (both sides)");
   send->add_option("--rounds", s->rounds, "Pre-copy rounds over which --trace is spread (default 3)")
       ->check(CLI::Range(1, 1000));
+  send->add_option("--timeout", s->timeout,
+                   "Seconds each write to the destination and each wait for its answer may\n"
+                   "take (connect, challenge, every frame, the acknowledgement; default 30)")
+      ->check(TimeoutSeconds());
   send->callback([s, exit_code, to, to_file] {
     if (to->count() + to_file->count() != 1) {
       std::fprintf(stderr, "cvmstate: usage error: migrate send needs --to HOST:PORT or --to-file FILE\n");
@@ -252,7 +300,11 @@ void AddMigrateCommand(CLI::App& app, int* exit_code) {
                    "Accept only streams authenticated with a key derived from FILE; without it\n"
                    "frames are checked for integrity only: listen on a trusted network");
   recv->add_option("--timeout", r->timeout, "Seconds to wait for the next frame (default 30)")
-      ->check(CLI::Range(0.1, 86400.0));
+      ->check(TimeoutSeconds());
+  recv->add_option("--max-runs", r->max_runs,
+                   "The largest state accepted, in runs (default 4194304); it sets the memory\n"
+                   "budget too: the state being received may take 64 bytes a run of it")
+      ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 32));
   recv->callback([r, exit_code, listen, from] {
     if (listen->count() + from->count() != 1) {
       std::fprintf(stderr, "cvmstate: usage error: migrate recv needs --listen HOST:PORT or --from-file FILE\n");

@@ -189,11 +189,20 @@ typedef struct cvmstate_io {
 } cvmstate_io;
 
 /* The source side. psk_file (optional) authenticates every frame; the
- * destination must use the same file. Over a channel with a live
+ * destination must use the same file. A key file that is a pipe or FIFO
+ * must deliver its key within 30 s (-ETIMEDOUT); this holds for the
+ * destination's psk_file too. Over a channel with a live
  * destination the source first reads its challenge. Over an fd each read
- * (the challenge, the acknowledgement) waits at most 120 s. */
+ * (the challenge, the acknowledgement) and each frame's write waits at most
+ * 120 s, or what cvmstate_source_set_timeout set: a destination that stops
+ * reading makes the call fail with -ETIMEDOUT instead of blocking. */
 CVMSTATE_API int cvmstate_source_new_fd(cvmstate_vm* vm, const char* vm_id, int fd, const char* psk_file,
                                         cvmstate_source** out);
+/* Sets how long each read and each frame's write of an fd source may wait.
+ * timeout_seconds: finite, > 0 and at most CVMSTATE_MAX_TIMEOUT_SECONDS,
+ * else -EINVAL; -EINVAL too for a source over callbacks (theirs are the
+ * VMM's to bound). */
+CVMSTATE_API int cvmstate_source_set_timeout(cvmstate_source* src, double timeout_seconds);
 CVMSTATE_API int cvmstate_source_new_io(cvmstate_vm* vm, const char* vm_id, const cvmstate_io* io, void* opaque,
                                         const char* psk_file, cvmstate_source** out);
 /* Round 0: the full state. *bytes (optional) gets the round's bytes. */
@@ -213,7 +222,8 @@ CVMSTATE_API uint64_t cvmstate_source_round_bytes(const cvmstate_source* src, ui
 CVMSTATE_API void cvmstate_source_free(cvmstate_source* src);
 
 /* The destination side: sends its challenge, then receives and verifies
- * the whole stream (each wait bounded by timeout_seconds) into a new vm
+ * the whole stream (each read, and each write of the challenge and the
+ * acknowledgement, bounded by timeout_seconds) into a new vm
  * (*out). It does not acknowledge: the destination's sequence is receive,
  * cvmstate_store_commit, register listeners (which replays shared runs to
  * DMA listeners and private runs to attribute listeners), then
@@ -226,6 +236,13 @@ CVMSTATE_API int cvmstate_destination_new_fd(int fd, const char* psk_file, doubl
                                              cvmstate_destination** out);
 CVMSTATE_API int cvmstate_destination_new_io(const cvmstate_io* io, void* opaque, const char* psk_file,
                                              cvmstate_destination** out);
+/* The largest state the destination accepts, in runs (default 4,194,304),
+ * and with it its memory budget: the state being received may take 64
+ * bytes a run of max_runs (plus 96 bytes per 256 MiB of guest); a stream
+ * that claims or builds more is refused early (-EACCES, nothing kept).
+ * Call before cvmstate_destination_receive; max_runs 1 to 2^32, else
+ * -EINVAL. */
+CVMSTATE_API int cvmstate_destination_set_max_runs(cvmstate_destination* dst, uint64_t max_runs);
 CVMSTATE_API int cvmstate_destination_receive(cvmstate_destination* dst, cvmstate_vm** out);
 /* The VM id the stream carried (valid after a successful receive). */
 CVMSTATE_API const char* cvmstate_destination_vm_id(const cvmstate_destination* dst);

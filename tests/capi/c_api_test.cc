@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <limits>
@@ -256,6 +257,83 @@ TEST(CApiTest, FileDescriptorsAndTimeoutsAreChecked) {
   cvmstate_source_free(src);
   close(sv[0]);
   close(sv[1]);
+}
+
+// A source's deadline is the caller's: a destination that never sends its
+// challenge (or never reads) ends begin with -ETIMEDOUT after it.
+TEST(CApiTest, ASourcesTimeoutIsTheCallers) {
+  Vm v;
+  ASSERT_EQ(cvmstate_vm_add_block(v.vm, "ram", 1 << 20, 4096, CVMSTATE_SHARED), 0);
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  cvmstate_source* src = nullptr;
+  ASSERT_EQ(cvmstate_source_new_fd(v.vm, "g", sv[0], nullptr, &src), 0);
+  for (double t : {0.0, -1.0, std::nan(""), std::numeric_limits<double>::infinity(), 1e6 + 1}) {
+    EXPECT_EQ(cvmstate_source_set_timeout(src, t), -EINVAL) << t;
+    EXPECT_TRUE(Has(cvmstate_last_error(), "timeout_seconds")) << cvmstate_last_error();
+  }
+  ASSERT_EQ(cvmstate_source_set_timeout(src, 0.3), 0) << cvmstate_last_error();
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(cvmstate_source_begin(src, nullptr), -ETIMEDOUT) << cvmstate_last_error();
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 5);
+  cvmstate_source_free(src);
+  EXPECT_EQ(cvmstate_source_set_timeout(nullptr, 1), -EINVAL);
+  // Over callbacks the VMM bounds its own waits.
+  cvmstate_io io = {[](void*, void*, size_t) -> long { return -EIO; },
+                    [](void*, const void*, size_t size) -> long { return static_cast<long>(size); }};
+  ASSERT_EQ(cvmstate_source_new_io(v.vm, "g", &io, nullptr, nullptr, &src), 0);
+  EXPECT_EQ(cvmstate_source_set_timeout(src, 1), -EINVAL);
+  EXPECT_TRUE(Has(cvmstate_last_error(), "callbacks")) << cvmstate_last_error();
+  cvmstate_source_free(src);
+  close(sv[0]);
+  close(sv[1]);
+}
+
+TEST(CApiTest, ADestinationsMaxRunsBoundsWhatItAccepts) {
+  Vm v;
+  ASSERT_EQ(cvmstate_vm_add_block(v.vm, "ram", 64 << 20, 4096, CVMSTATE_PRIVATE), 0);
+  for (uint64_t page = 0; page < 1000; page += 2) {
+    ASSERT_EQ(cvmstate_convert(v.vm, "ram", page * 4096, 4096, CVMSTATE_SHARED), 0);
+  }
+  for (uint64_t max_runs : {uint64_t{999}, uint64_t{1000}}) {
+    int sv[2];
+    ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    cvmstate_destination* dst = nullptr;
+    ASSERT_EQ(cvmstate_destination_new_fd(sv[1], nullptr, 30, &dst), 0);
+    EXPECT_EQ(cvmstate_destination_set_max_runs(dst, 0), -EINVAL);
+    EXPECT_EQ(cvmstate_destination_set_max_runs(dst, (uint64_t{1} << 32) + 1), -EINVAL);
+    ASSERT_EQ(cvmstate_destination_set_max_runs(dst, max_runs), 0);
+    int src_rc = 0;
+    std::thread source([&] {
+      cvmstate_source* src = nullptr;
+      src_rc = cvmstate_source_new_fd(v.vm, "g", sv[0], nullptr, &src);
+      if (src_rc == 0) src_rc = cvmstate_source_begin(src, nullptr);
+      if (src_rc == 0) src_rc = cvmstate_source_finish(src, nullptr);
+      cvmstate_source_free(src);
+      shutdown(sv[0], SHUT_WR);
+    });
+    cvmstate_vm* got = nullptr;
+    const int rc = cvmstate_destination_receive(dst, &got);
+    if (rc == 0) {
+      EXPECT_EQ(cvmstate_destination_ack(dst, 1, nullptr), 0);
+      EXPECT_EQ(cvmstate_destination_set_max_runs(dst, 5), -EINVAL) << "after receive";
+      cvmstate_vm_free(got);
+    } else {
+      EXPECT_EQ(cvmstate_destination_ack(dst, 0, cvmstate_last_error()), 0);
+    }
+    source.join();
+    // 1,000 runs: 500 shared pages, the 499 private pages between them and the private rest.
+    if (max_runs == 999) {
+      EXPECT_EQ(rc, -EACCES);
+      EXPECT_NE(src_rc, 0);
+    } else {
+      EXPECT_EQ(rc, 0);
+      EXPECT_EQ(src_rc, 0);
+    }
+    cvmstate_destination_free(dst);
+    close(sv[0]);
+    close(sv[1]);
+  }
 }
 
 // Nothing is waiting to be read on fd.

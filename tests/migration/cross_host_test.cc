@@ -6,8 +6,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <random>
+#include <thread>
 
 #include "migration/byte_stream.h"
 #include "migration/crc32c.h"
@@ -311,6 +313,34 @@ TEST_F(CrossHostTest, HostilePeers) {
     EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 2) << "one line of listening, one of error: " << r.err;
     EXPECT_EQ(Dump(dst), "");
   }
+}
+
+// A peer that keeps sending after recv has refused it (a flood of garbage)
+// cannot keep recv alive: its drain is bounded in all, not per read.
+TEST_F(CrossHostTest, AFloodingPeerCannotHoldRecv) {
+  const std::string dst = dir_ + "/flood";
+  BackgroundProcess recv({CvmstateBinary(), "migrate", "recv", "--listen", "127.0.0.1:0", "--db", dst, "--timeout", "1"},
+                         dst + ".out", dst + ".err");
+  auto fd = TcpConnect(Port(recv), 5);
+  ASSERT_TRUE(fd.ok());
+  const auto t0 = std::chrono::steady_clock::now();
+  std::atomic<bool> stop{false};
+  std::thread flood([&] {
+    const std::string junk(65536, '\x5a');
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (!stop && std::chrono::steady_clock::now() < until) {
+      if (send(fd.value(), junk.data(), junk.size(), MSG_NOSIGNAL) < 0) break;
+    }
+  });
+  ProcessResult r = recv.Wait(60);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  stop = true;
+  flood.join();
+  close(fd.value());
+  EXPECT_EQ(r.signal, 0);
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_LT(secs, 12) << "recv outlived its deadlines while the peer kept sending";
+  EXPECT_EQ(Dump(dst), "");
 }
 
 }  // namespace

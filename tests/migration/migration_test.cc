@@ -78,7 +78,7 @@ TEST(MigrationTest, RoundTripsThroughASocketpair) {
     ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
     Status sent;
     std::thread source([&] {
-      FdSink sink(sv[0]);
+      FdSink sink(sv[0], 30);
       FdSource challenge(sv[0], 30);
       auto nonce = MigrationSource::ReadChallenge(&challenge);
       MigrationSource src(&src_vm, "guest", &sink);
@@ -97,7 +97,7 @@ TEST(MigrationTest, RoundTripsThroughASocketpair) {
       if (sent.ok()) sent = src.AwaitAck(&back);
     });
     FdSource in(sv[1], 30);
-    FdSink ack(sv[1]);
+    FdSink ack(sv[1], 30);
     MigrationDestination::Options opt;
     opt.expected_nonce = MigrationSource::NewNonce().value();
     ASSERT_TRUE(MigrationDestination::SendChallenge(&ack, opt.expected_nonce).ok());
@@ -244,9 +244,9 @@ TEST(MigrationAuthTest, KeysNoncesAndReplays) {
   testing::WriteFile(dir + "/k1", "0123456789abcdef-one");
   testing::WriteFile(dir + "/k2", "0123456789abcdef-two");
   testing::WriteFile(dir + "/short", "tiny");
-  const std::string k1 = LoadPskFile(dir + "/k1").value(), k2 = LoadPskFile(dir + "/k2").value();
-  EXPECT_FALSE(LoadPskFile(dir + "/short").ok());
-  EXPECT_FALSE(LoadPskFile(dir + "/missing").ok());
+  const std::string k1 = LoadPskFile(dir + "/k1", 5).value(), k2 = LoadPskFile(dir + "/k2", 5).value();
+  EXPECT_FALSE(LoadPskFile(dir + "/short", 5).ok());
+  EXPECT_FALSE(LoadPskFile(dir + "/missing", 5).ok());
   const std::string n1 = MigrationSource::NewNonce().value(), n2 = MigrationSource::NewNonce().value();
   ASSERT_NE(n1, n2);
 

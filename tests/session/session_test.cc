@@ -80,7 +80,7 @@ class SessionTest : public ::testing::Test {
     Pair p;
     std::thread dst([&] {
       FdSource in(p.fd[1], 10);
-      FdSink back(p.fd[1]);
+      FdSink back(p.fd[1], 30);
       IncomingOptions o;
       o.reply = &back;
       o.drain = [&] {
@@ -94,7 +94,7 @@ class SessionTest : public ::testing::Test {
       *dst_result = in_mig.Run(&in, listeners);
       *dst_report = in_mig.report();
     });
-    FdSink sink(p.fd[0]);
+    FdSink sink(p.fd[0], 30);
     FdSource replies(p.fd[0], 10), refusal(p.fd[0], 2);
     OutgoingOptions o;
     o.rounds = 3;

@@ -85,7 +85,7 @@ TEST(ConcurrencyTest, SixteenMigrationsIntoOneStore) {
     threads.emplace_back([&, i, fd = sv[0]] {  // the source host of VM i
       std::mt19937_64 rng(100 + i);
       Churn(rng, &vms[i], 500);
-      FdSink sink(fd);
+      FdSink sink(fd, 30);
       FdSource from(fd, 30);
       auto nonce = MigrationSource::ReadChallenge(&from);
       MigrationSource src(&vms[i], "vm" + std::to_string(i), &sink);
@@ -100,7 +100,7 @@ TEST(ConcurrencyTest, SixteenMigrationsIntoOneStore) {
       close(fd);
     });
     threads.emplace_back([&, i, fd = sv[1]] {  // its receiver on the shared destination
-      FdSink back(fd);
+      FdSink back(fd, 30);
       FdSource in(fd, 30);
       MigrationDestination::Options opt;
       opt.expected_nonce = MigrationSource::NewNonce().value();
