@@ -3,6 +3,7 @@
 
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -22,11 +23,28 @@ std::string Errno(const char* what) { return std::string(what) + ": " + std::str
 
 }  // namespace
 
+FdSink::Kind FdSink::kind() {
+  if (kind_ == Kind::kUnknown) {
+    struct stat st {};
+    if (::fstat(fd_, &st) != 0) {
+      kind_ = Kind::kOther;  // the write reports the real error
+    } else if (S_ISSOCK(st.st_mode)) {
+      kind_ = Kind::kSocket;
+    } else if (S_ISREG(st.st_mode) || S_ISBLK(st.st_mode)) {
+      kind_ = Kind::kFile;
+    } else {
+      kind_ = Kind::kOther;
+    }
+  }
+  return kind_;
+}
+
 Status FdSink::Write(std::string_view data) {
   const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout_));
-  bool socket = true;
+  // A file never makes a writer wait for a peer: it is written as it is.
+  const bool bounded = timeout_ > 0 && kind() != Kind::kFile;
   while (!data.empty()) {
-    if (timeout_ > 0) {
+    if (bounded) {
       const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
       if (left <= 0) {
         return Status::TimedOut("timed out after " + FormatSeconds(timeout_) +
@@ -38,22 +56,19 @@ Status FdSink::Write(std::string_view data) {
       if (r <= 0) continue;
       // POLLERR or POLLHUP: the write below reports the error.
     }
-    ssize_t n = -1;
-    if (socket) {
-      n = ::send(fd_, data.data(), data.size(), MSG_NOSIGNAL | (timeout_ > 0 ? MSG_DONTWAIT : 0));
-      if (n < 0 && errno == ENOTSOCK) socket = false;
-    }
-    if (!socket) {
-      // A pipe reported writable has room for PIPE_BUF bytes at least; a
-      // regular file is always writable.
-      const size_t most = timeout_ > 0 ? std::min<size_t>(data.size(), PIPE_BUF) : data.size();
-      n = ::write(fd_, data.data(), most);
+    ssize_t n;
+    if (kind() == Kind::kSocket) {
+      n = ::send(fd_, data.data(), data.size(), MSG_NOSIGNAL | (bounded ? MSG_DONTWAIT : 0));
+    } else {
+      // A pipe or FIFO that poll reports writable has room for PIPE_BUF
+      // bytes at least, so a write of that many does not block.
+      n = ::write(fd_, data.data(), bounded ? std::min<size_t>(data.size(), PIPE_BUF) : data.size());
     }
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) {
         // Full (a non-blocking descriptor): wait for room, within the deadline if any.
-        if (timeout_ <= 0) {
+        if (!bounded) {
           pollfd pfd{fd_, POLLOUT, 0};
           (void)poll(&pfd, 1, -1);
         }

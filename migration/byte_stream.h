@@ -29,9 +29,10 @@ class ByteSource {
 
 // Writes to a file descriptor it does not own. Each Write must finish
 // within timeout_seconds (0: no limit), else TimedOut: a peer that stops
-// reading cannot hold the writer. It never blocks in the kernel: sockets
-// are written with MSG_DONTWAIT, pipes at most PIPE_BUF bytes at a time
-// once poll says there is room (the descriptor's own flags are left alone).
+// reading cannot hold the writer. With a limit it never blocks in the
+// kernel: sockets are written with MSG_DONTWAIT, pipes and FIFOs at most
+// PIPE_BUF bytes at a time once poll says there is room (the descriptor's
+// own flags are left alone); regular files are written as they are.
 class FdSink : public ByteSink {
  public:
   FdSink(int fd, double timeout_seconds) : fd_(fd), timeout_(timeout_seconds) {}
@@ -39,8 +40,12 @@ class FdSink : public ByteSink {
   void set_timeout(double seconds) { timeout_ = seconds; }
 
  private:
+  enum class Kind { kUnknown, kSocket, kFile, kOther };
+  Kind kind();  // what fd_ is, found on the first write
+
   int fd_;
   double timeout_;
+  Kind kind_ = Kind::kUnknown;
 };
 
 // Reads from a file descriptor it does not own; each Read waits at most

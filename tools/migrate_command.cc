@@ -133,7 +133,10 @@ int RunSend(const SendOptions& o) {
     opt.refusal = &refusal;
   } else {
     opt.on_complete = [&]() -> Status {
-      if (fsync(fd.fd) != 0) return Status::IOError("cannot write '" + o.to_file + "': " + std::strerror(errno));
+      // A pipe or FIFO cannot be synced (EINVAL): its bytes are handed over.
+      if (fsync(fd.fd) != 0 && errno != EINVAL) {
+        return Status::IOError("cannot write '" + o.to_file + "': " + std::strerror(errno));
+      }
       return Status::OK();
     };
   }
@@ -225,7 +228,10 @@ int RunRecv(const RecvOptions& o) {
   std::error_code ec;
   const bool created = !std::filesystem::exists(o.db, ec) && !ec;
   auto store = CheckpointStore::Open(o.db);
-  if (!store.ok()) return Fail(store.status().message());
+  if (!store.ok()) {
+    if (created) std::filesystem::remove_all(o.db, ec);
+    return Fail(store.status().message());
+  }
   const int rc = ReceiveInto(o, key.value(), store.value().get());
   if (rc != 0 && created) {
     store.value().reset();
