@@ -706,7 +706,7 @@ int cvmstate_destination_set_max_runs(cvmstate_destination* d, uint64_t max_runs
   return Guard([&] {
     if (d == nullptr) return NullArgument("dst");
     if (d->incoming) return Fail(-EINVAL, "the destination has already received");
-    if (max_runs == 0 || max_runs > (uint64_t{1} << 32)) {
+    if (max_runs == 0 || max_runs > cvmstate::MigrationDestination::kMaxMaxRuns) {
       return Fail(-EINVAL, "max_runs must be 1 to 2^32 (got " + std::to_string(max_runs) + ")");
     }
     d->options.stream.max_runs = max_runs;

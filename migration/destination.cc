@@ -19,7 +19,10 @@ std::string Where(uint64_t seq, const char* type) { return "frame " + std::to_st
 
 }  // namespace
 
-MigrationDestination::MigrationDestination(Options options) : opt_(std::move(options)) {}
+MigrationDestination::MigrationDestination(Options options) : opt_(std::move(options)) {
+  // Keeps the budget arithmetic (64 x, 4 x max_runs) far from overflow.
+  opt_.max_runs = std::min<uint64_t>(opt_.max_runs, kMaxMaxRuns);
+}
 
 Status MigrationDestination::SendChallenge(ByteSink* out, std::string_view nonce) {
   flatbuffers::FlatBufferBuilder fb;
@@ -112,6 +115,7 @@ Result<VmState> MigrationDestination::ReadHello(ByteSource* in, std::string* vm_
   }
   state_bytes_ = vm.MemoryBytes();
   state_budget_ = state_bytes_ + kStateBytesPerRun * opt_.max_runs + kStateBytesPerChunk * chunks;
+  grown_since_compaction_ = state_budget_;  // the first time over, compact at once
   return vm;
 }
 
@@ -125,7 +129,9 @@ Status MigrationDestination::ApplySections(const fbs::Sections& sec, uint64_t se
   if (sec.block_index() >= vm->num_blocks()) return Status::Corruption(where + "no such block");
   if (sec.payload() == nullptr || sec.raw_size() == 0) return Status::Corruption(where + "empty");
   round_.runs_total += sec.runs();
-  if (round_.runs_total > 4 * opt_.max_runs) {
+  // Bounded work, not memory: a small max_runs must not refuse a small VM
+  // whose pages churn over many rounds.
+  if (round_.runs_total > 4 * std::max(opt_.max_runs, kDefaultMaxRuns)) {
     return Status::Refused(where + "the stream carries more runs than this destination accepts");
   }
   std::string raw;
@@ -158,11 +164,23 @@ Status MigrationDestination::ApplySections(const fbs::Sections& sec, uint64_t se
       if (!s.ok()) return Status::Corruption(where + s.message());
       at += r.pages;
     }
-    state_bytes_ = state_bytes_ - bytes_before + b.MemoryBytes();
+    const uint64_t bytes_after = b.MemoryBytes();
+    state_bytes_ = state_bytes_ - bytes_before + bytes_after;
+    if (bytes_after > bytes_before) grown_since_compaction_ += bytes_after - bytes_before;
+    // Over the budget: first give back what chunks thinned out over the
+    // rounds still hold. A pass scans every dense chunk, so it runs again
+    // only after the state grew by an eighth of the budget: a stream can
+    // buy at most a few dozen passes with all the runs it may carry.
+    if (state_bytes_ > state_budget_ && grown_since_compaction_ >= state_budget_ / 8) {
+      for (size_t i = 0; i < vm->num_blocks(); ++i) vm->block(i).CompactMemory();
+      state_bytes_ = vm->MemoryBytes();
+      grown_since_compaction_ = 0;
+    }
     if (state_bytes_ > state_budget_) {
+      const std::string budget = state_budget_ >= (uint64_t{1} << 20) ? std::to_string(state_budget_ >> 20) + " MiB"
+                                                                       : std::to_string(state_budget_ >> 10) + " KiB";
       return Status::Refused(swhere + ": the state being received needs more memory than this destination's budget (" +
-                             std::to_string(state_budget_ >> 20) + " MiB for max_runs " + std::to_string(opt_.max_runs) +
-                             ")");
+                             budget + " for max_runs " + std::to_string(opt_.max_runs) + ")");
     }
     prev_end = begin + len;
   }

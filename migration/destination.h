@@ -31,6 +31,7 @@ struct Sections;
 class MigrationDestination {
  public:
   static constexpr uint64_t kDefaultMaxRuns = uint64_t{1} << 22;  // 4,194,304
+  static constexpr uint64_t kMaxMaxRuns = uint64_t{1} << 32;      // larger values are taken as this
   // What a run map may take a run in the worst legitimate state (a dense
   // chunk of 16 KiB holding 257 runs before it turns back into a list),
   // and a chunk of the guest (directory entry, key, smallest list).
@@ -46,8 +47,10 @@ class MigrationDestination {
     // built may take at most kStateBytesPerRun bytes a run of max_runs plus
     // kStateBytesPerChunk a run-map chunk of the guest (checked after every
     // section, so one section of at most 65,536 runs is all it can
-    // overshoot); the stream may carry at most 4 x max_runs runs in all
-    // (bounded work); the end frame's run count above it is refused.
+    // overshoot; when over, dense chunks thinned out over the rounds are
+    // first turned back into lists); the stream may carry at most
+    // 4 x max(max_runs, kDefaultMaxRuns) runs in all (bounded work); the end
+    // frame's run count above it is refused. At most kMaxMaxRuns.
     uint64_t max_runs = kDefaultMaxRuns;
     // Called with the VM id from the hello; a non-OK status refuses it
     // (for example because the id already exists in the store).
@@ -104,6 +107,7 @@ class MigrationDestination {
   uint64_t bytes_ = 0;
   uint64_t state_bytes_ = 0;   // the run maps being built (RunMap::MemoryBytes)
   uint64_t state_budget_ = 0;  // set from max_runs and the hello's blocks
+  uint64_t grown_since_compaction_ = 0;  // bytes the maps grew by since they were last compacted
   std::chrono::steady_clock::time_point end_received_{};
 };
 

@@ -207,7 +207,7 @@ void AddDumpCommand(CLI::App& app, int* exit_code) {
   db->excludes(stream);
   sub->add_option("--max-runs", o->max_runs,
                   "With --stream: the largest state read, in runs (default 4194304; as migrate recv)")
-      ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 32));
+      ->check(CLI::Range(uint64_t{1}, MigrationDestination::kMaxMaxRuns));
   sub->add_option("--vm", o->vm, "VM id; may be omitted when the store holds one VM");
   sub->add_option("--format", o->format, "summary (default, for people), runs (canonical listing), json, svg (memory map)")
       ->check(CLI::IsMember({"summary", "runs", "json", "svg"}));

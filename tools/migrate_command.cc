@@ -2,6 +2,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -134,7 +135,9 @@ int RunSend(const SendOptions& o) {
   } else {
     opt.on_complete = [&]() -> Status {
       // A pipe or FIFO cannot be synced (EINVAL): its bytes are handed over.
-      if (fsync(fd.fd) != 0 && errno != EINVAL) {
+      struct stat st {};
+      const bool file = fstat(fd.fd, &st) == 0 && S_ISREG(st.st_mode);
+      if (fsync(fd.fd) != 0 && (file || errno != EINVAL)) {
         return Status::IOError("cannot write '" + o.to_file + "': " + std::strerror(errno));
       }
       return Status::OK();
@@ -224,12 +227,14 @@ int RunRecv(const RecvOptions& o) {
   auto key = KeyFrom(o.psk_file, o.timeout);
   if (!key.ok()) return Fail(key.status().message());
   // A failed migration leaves DIR as it was: one that did not exist is
-  // removed again (the store it got is empty by then).
+  // removed again (the store it got is empty by then). mkdir decides
+  // atomically whether this process made it.
   std::error_code ec;
-  const bool created = !std::filesystem::exists(o.db, ec) && !ec;
+  const bool created = ::mkdir(o.db.c_str(), 0755) == 0;
   auto store = CheckpointStore::Open(o.db);
   if (!store.ok()) {
-    if (created) std::filesystem::remove_all(o.db, ec);
+    // Not recursive: whatever is in it now is not ours to remove.
+    if (created) std::filesystem::remove(o.db, ec);
     return Fail(store.status().message());
   }
   const int rc = ReceiveInto(o, key.value(), store.value().get());
@@ -310,7 +315,7 @@ void AddMigrateCommand(CLI::App& app, int* exit_code) {
   recv->add_option("--max-runs", r->max_runs,
                    "The largest state accepted, in runs (default 4194304); it sets the memory\n"
                    "budget too: the state being received may take 64 bytes a run of it")
-      ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 32));
+      ->check(CLI::Range(uint64_t{1}, MigrationDestination::kMaxMaxRuns));
   recv->callback([r, exit_code, listen, from] {
     if (listen->count() + from->count() != 1) {
       std::fprintf(stderr, "cvmstate: usage error: migrate recv needs --listen HOST:PORT or --from-file FILE\n");

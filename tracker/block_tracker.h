@@ -99,6 +99,9 @@ class BlockTracker {
   uint64_t CountRuns() const { return map_.CountRuns(); }
   // Heap bytes held by the page-state structure.
   size_t MemoryBytes() const { return map_.MemoryBytes(); }
+  // Gives back memory the state no longer needs (RunMap::CompactDense);
+  // the state is unchanged.
+  void CompactMemory() { map_.CompactDense(); }
 
   const RunMap& map() const { return map_; }
 

@@ -522,6 +522,13 @@ size_t RunMap::MemoryBytes() const {
   return dir_.capacity() * sizeof(Entry) + keys_.capacity() * sizeof(uint64_t) + chunk_bytes_;
 }
 
+void RunMap::CompactDense() {
+  for (size_t i = 0; i < dir_.size(); ++i) {
+    Entry& e = dir_[i];
+    if (e.kind == kDense) RecheckDense(e, static_cast<uint32_t>(ChunkLen(EntryFirstChunk(i))));
+  }
+}
+
 RunMap::Shape RunMap::GetShape() const {
   Shape s;
   s.entries = dir_.size();

@@ -90,6 +90,12 @@ class RunMap {
   // Heap bytes this map holds: the directory's capacity plus every chunk's
   // allocation, counted exactly as requested from the allocator.
   size_t MemoryBytes() const;
+  // Recounts every dense chunk now, turning those that fit a list (or hold
+  // one state) back into one. Dense chunks otherwise recount only every
+  // kDenseRecheck small conversions, so one thinned out page by page can
+  // keep its 16 KiB for a while. Costs a scan of every dense chunk (each
+  // stops early once it has counted enough runs to stay dense).
+  void CompactDense();
 
   // Chunk forms in use, for tests and reports.
   struct Shape {

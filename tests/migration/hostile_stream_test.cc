@@ -14,6 +14,7 @@
 #include "migration/destination.h"
 #include "migration/source.h"
 #include "process.h"
+#include "tracker/state_digest.h"
 #include "tracker/vm_state.h"
 
 namespace cvmstate {
@@ -86,15 +87,16 @@ TEST(HostileStreamTest, AStreamThatBuildsDenseChunksEverywhereStopsAtTheMemoryBu
   } cases[] = {
       {{},
        (MigrationDestination::kDefaultMaxRuns * MigrationDestination::kStateBytesPerRun >> 20) + 24 + 80,
-       "needs more memory than this destination's budget"},
-      // A small budget refuses the first frame on its claimed runs, before decompressing it.
-      {{"--max-runs", "100000"}, 6 + 24 + 80, "frame 2 (sections): the stream carries more runs than"},
+       "the state being received needs more memory than this destination's budget (280 MiB for max_runs 4194304)"},
+      // A small budget is crossed in the first frame.
+      {{"--max-runs", "100000"}, 6 + 24 + 80, "frame 2 (sections): section "},
   };
   for (const Case& c : cases) {
     Received r = Receive(stream, c.args);
     EXPECT_EQ(r.run.signal, 0);
     EXPECT_EQ(r.run.exit_code, 1) << r.run.err;
     EXPECT_NE(r.run.err.find(c.says), std::string::npos) << r.run.err;
+    EXPECT_NE(r.run.err.find("needs more memory than this destination's budget"), std::string::npos) << r.run.err;
     EXPECT_EQ(std::count(r.run.err.begin(), r.run.err.end(), '\n'), 1) << r.run.err;
     EXPECT_FALSE(std::filesystem::exists(r.dir)) << "a failed recv leaves no store where there was none";
     if (!kSanitized) {
@@ -127,6 +129,47 @@ TEST(HostileStreamTest, ASectionOfMoreRunsThanASourceSendsIsRefused) {
   Received r = Receive(s.bytes());
   EXPECT_EQ(r.run.exit_code, 1) << r.run.err;
   EXPECT_NE(r.run.err.find("frame 2 (sections): section 0: bad run count"), std::string::npos) << r.run.err;
+}
+
+// Over pre-copy rounds a chunk can go dense and then thin out page by page
+// (each page its own section, as the journal sends it): the destination
+// gives that memory back rather than refuse a stream whose state never
+// held more runs than it accepts.
+TEST(HostileStreamTest, ChunksThinnedOverTheRoundsDoNotExhaustTheBudget) {
+  constexpr int kRounds = 8;
+  constexpr uint64_t kDenseRuns = 601;  // past the list limit: a dense chunk
+  VmState expect;
+  ASSERT_TRUE(expect.AddBlock("ram", 64 * kChunkPages * 4096, 4096, PageState::kPrivate).ok());
+  CraftedStream s;
+  s.Hello("g", {{"ram", 64 * kChunkPages * 4096, 4096, PageState::kPrivate}}, kDenseRuns);
+  for (uint32_t round = 0; round < kRounds; ++round) {
+    if (round > 0) {  // the previous round's chunk thins out, one page a section
+      const uint64_t prev = (round - 1) * kChunkPages;
+      for (uint64_t k = 0; k < kDenseRuns / 2; ++k) {
+        s.Section(prev + 2 * k, {{1, PageState::kPrivate}});
+        ASSERT_TRUE(expect.block(0).Convert((prev + 2 * k) * 4096, 4096, PageState::kPrivate).ok());
+      }
+    }
+    const uint64_t at = round * kChunkPages;
+    std::vector<ChunkRun> runs = AlternatingRuns(kDenseRuns);
+    s.Section(at, runs);
+    for (uint64_t k = 0; k < kDenseRuns; ++k) {
+      ASSERT_TRUE(expect.block(0).Convert((at + k) * 4096, 4096, runs[k].state).ok());
+    }
+    s.FlushSections(round, 0);
+    s.RoundEnd(round);
+  }
+  const uint64_t runs = expect.block(0).CountRuns();
+  s.End(kRounds, ComputeStateDigest(expect), runs);
+  MigrationDestination::Options o;
+  o.max_runs = runs + 100;  // the budget holds three dense chunks; eight went dense
+  ASSERT_LT(MigrationDestination::kStateBytesPerRun * o.max_runs, 4 * 16384u);
+  MigrationDestination dest(o);
+  testing::StringSource in(s.bytes());
+  std::string id;
+  auto got = dest.Receive(&in, &id);
+  ASSERT_TRUE(got.ok()) << got.status().message();
+  EXPECT_EQ(ComputeStateDigest(got.value()), ComputeStateDigest(expect));
 }
 
 // Legitimate states, however fragmented, fit the budget their run count

@@ -180,6 +180,39 @@ TEST(RunMapTest, FragmentedChunkTurnsDenseAndBack) {
   EXPECT_EQ(map.GetShape().dense, 0u);
 }
 
+TEST(RunMapTest, CompactDenseGivesBackWhatThinnedChunksHold) {
+  RunMap map(uint64_t{4} << 16, PageState::kPrivate, RunMap::kDefaultChunkShift);
+  // Four dense chunks; three thinned page by page (fewer than kDenseRecheck
+  // conversions, so they stay dense), one left fragmented.
+  for (uint64_t c = 0; c < 4; ++c) {
+    for (uint64_t p = 0; p < 1200; p += 2) map.Assign((c << 16) + p, (c << 16) + p + 1, PageState::kShared);
+  }
+  for (uint64_t c = 0; c < 3; ++c) {
+    for (uint64_t p = 2; p < 1200; p += 2) map.Assign((c << 16) + p, (c << 16) + p + 1, PageState::kPrivate);
+  }
+  ASSERT_EQ(map.GetShape().dense, 4u);
+  const size_t before = map.MemoryBytes();
+  std::vector<cvmstate::Run> runs_before;
+  map.ForEachRun([&](const cvmstate::Run& r) {
+    runs_before.push_back(r);
+    return true;
+  });
+  map.CompactDense();
+  EXPECT_EQ(map.GetShape().dense, 1u);
+  EXPECT_LE(map.MemoryBytes(), before - 3 * ((1u << 16) / 4) + 256);  // three small lists instead
+  std::vector<cvmstate::Run> runs_after;
+  map.ForEachRun([&](const cvmstate::Run& r) {
+    runs_after.push_back(r);
+    return true;
+  });
+  ASSERT_EQ(runs_after.size(), runs_before.size());
+  for (size_t i = 0; i < runs_after.size(); ++i) {
+    EXPECT_EQ(runs_after[i].begin, runs_before[i].begin);
+    EXPECT_EQ(runs_after[i].end, runs_before[i].end);
+    EXPECT_EQ(runs_after[i].state, runs_before[i].state);
+  }
+}
+
 TEST(RunMapTest, HugeBlockIsConstantToDeclare) {
   // 12 TiB of 4 KiB pages, and the largest block the trace format allows.
   for (uint64_t pages : {uint64_t{3} << 30, (uint64_t{1} << 52) - 1}) {
