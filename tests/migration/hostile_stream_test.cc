@@ -14,6 +14,7 @@
 #include "migration/destination.h"
 #include "migration/source.h"
 #include "process.h"
+#include "sanitizer.h"
 #include "tracker/state_digest.h"
 #include "tracker/vm_state.h"
 
@@ -28,17 +29,7 @@ using testing::ProcessResult;
 using testing::RunCvmstate;
 using testing::WriteFile;
 
-#if defined(__SANITIZE_ADDRESS__)
-constexpr bool kSanitized = true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-constexpr bool kSanitized = true;
-#else
-constexpr bool kSanitized = false;
-#endif
-#else
-constexpr bool kSanitized = false;
-#endif
+using testing::kAddressSanitizer;
 
 struct Received {
   ProcessResult run;
@@ -99,7 +90,7 @@ TEST(HostileStreamTest, AStreamThatBuildsDenseChunksEverywhereStopsAtTheMemoryBu
     EXPECT_NE(r.run.err.find("needs more memory than this destination's budget"), std::string::npos) << r.run.err;
     EXPECT_EQ(std::count(r.run.err.begin(), r.run.err.end(), '\n'), 1) << r.run.err;
     EXPECT_FALSE(std::filesystem::exists(r.dir)) << "a failed recv leaves no store where there was none";
-    if (!kSanitized) {
+    if (!kAddressSanitizer) {
       EXPECT_LT(r.run.max_rss_kb >> 10, c.max_rss_mb) << r.run.err;
     }
   }
