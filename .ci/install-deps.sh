@@ -8,6 +8,7 @@ packages=(
   librocksdb-dev libzstd-dev libflatbuffers-dev flatbuffers-compiler flatbuffers-compiler-dev
   libroaring-dev libboost-dev
   libssl-dev librsvg2-bin iproute2 clang libclang-rt-14-dev
+  rustc cargo
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -15,7 +16,10 @@
 #include <vector>
 
 #include "cvmstate/cvmstate.h"
+#include <chrono>
+
 #include "migration/byte_stream.h"
+#include "migration/cancel_token.h"
 #include "migration/psk.h"
 #include "migration/source.h"
 #include "session/incoming.h"
@@ -54,6 +58,7 @@ struct cvmstate_vm {
 struct cvmstate_listener {
   std::unique_ptr<cvmstate::StateListener> impl;
   cvmstate::BlockTracker* block;
+  uint64_t offset, size;  // its section
 };
 
 struct cvmstate_store {
@@ -62,21 +67,41 @@ struct cvmstate_store {
   std::set<cvmstate_vm*> vms;     // vms holding a checkpointer of this store
 };
 
+namespace {
+class IoSink;
+class IoSource;
+}  // namespace
+
+// The channel of a source or destination: its two ends, and (over an fd
+// or v1 callbacks) the deadline and cancel token they obey.
+struct Channel {
+  std::unique_ptr<cvmstate::ByteSink> sink;
+  std::unique_ptr<cvmstate::ByteSource> source;
+  // The ends' deadlines and cancel tokens are set through these.
+  cvmstate::FdSink* fd_sink = nullptr;
+  cvmstate::FdSource* fd_source = nullptr;
+  IoSink* io_sink = nullptr;
+  IoSource* io_source = nullptr;
+  bool timed = false;  // takes a timeout (a v0 io source's callbacks bound their own waits)
+  void SetTimeout(double seconds);
+  // Whether reads obey the cancel token (not while a source waits for the
+  // acknowledgement of a stream it ended).
+  void CancelReads(const cvmstate::CancelToken* token);
+};
+
 struct cvmstate_source {
   cvmstate_vm* vm;
   std::string id, key;
-  std::unique_ptr<cvmstate::ByteSink> sink;
-  std::unique_ptr<cvmstate::ByteSource> source;
-  std::unique_ptr<cvmstate::MigrationSource> src;
-  // Over an fd: the channel's two ends, whose deadlines set_timeout changes.
-  cvmstate::FdSink* fd_sink = nullptr;
-  cvmstate::FdSource* fd_source = nullptr;
+  Channel ch;
+  cvmstate::CancelToken cancel;
+  std::unique_ptr<cvmstate::MigrationSource> src;  // made with the source; opened by the first step
   bool finished = false;  // cvmstate_source_finish was called: nothing more is sent
+  bool broken = false;    // a call failed mid-stream: the stream cannot go on
 };
 
 struct cvmstate_destination {
-  std::unique_ptr<cvmstate::ByteSink> sink;
-  std::unique_ptr<cvmstate::ByteSource> source;
+  Channel ch;
+  cvmstate::CancelToken cancel;
   cvmstate::IncomingOptions options;
   // The library's incoming sequence; v0 callers run its steps one by one
   // (receive, cvmstate_store_commit, their own listeners, ack).
@@ -254,14 +279,33 @@ class CAttrListener final : public cvmstate::MemoryAttributeListener {
   cvmstate_vm* vm_;
 };
 
+using Clock = std::chrono::steady_clock;
+
+// A deadline of `seconds` from now (0: none).
+Clock::time_point DeadlineIn(double seconds) {
+  return seconds > 0 ? Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds))
+                     : Clock::time_point::max();
+}
+
+// The VMM's callbacks as a channel end. A v1 channel also obeys a cancel
+// token and a deadline per call, both checked as each callback returns
+// (a callback that blocks is the VMM's to end).
 class IoSink final : public cvmstate::ByteSink {
  public:
   IoSink(const cvmstate_io& io, void* opaque) : io_(io), opaque_(opaque) {}
+  void set_timeout(double seconds) { timeout_ = seconds; }
+  void set_cancel(const cvmstate::CancelToken* token) { cancel_ = token; }
   Status Write(std::string_view d) override {
+    const auto deadline = DeadlineIn(timeout_);
     while (!d.empty()) {
+      if (cancel_ != nullptr && cancel_->cancelled()) return cancel_->Check();
+      if (Clock::now() > deadline) {
+        return Status::TimedOut("timed out after " + cvmstate::FormatSeconds(timeout_) +
+                                " writing to the migration channel");
+      }
       const long n = io_.write(opaque_, d.data(), d.size());
       if (n <= 0) return Status::IOError("the migration channel's write failed (" + std::to_string(n) + ")");
-      d.remove_prefix(static_cast<size_t>(n));
+      d.remove_prefix(std::min(d.size(), static_cast<size_t>(n)));
     }
     return Status::OK();
   }
@@ -269,19 +313,29 @@ class IoSink final : public cvmstate::ByteSink {
  private:
   cvmstate_io io_;
   void* opaque_;
+  double timeout_ = 0;
+  const cvmstate::CancelToken* cancel_ = nullptr;
 };
 
 class IoSource final : public cvmstate::ByteSource {
  public:
   IoSource(const cvmstate_io& io, void* opaque) : io_(io), opaque_(opaque) {}
+  void set_timeout(double seconds) { timeout_ = seconds; }
+  void set_cancel(const cvmstate::CancelToken* token) { cancel_ = token; }
   Status Read(void* buf, size_t n) override {
+    const auto deadline = DeadlineIn(timeout_);
     char* p = static_cast<char*>(buf);
     while (n > 0) {
+      if (cancel_ != nullptr && cancel_->cancelled()) return cancel_->Check();
+      if (Clock::now() > deadline) {
+        return Status::TimedOut("timed out after " + cvmstate::FormatSeconds(timeout_) + " waiting for the next frame");
+      }
       const long got = io_.read(opaque_, p, n);
       if (got == 0) return Status::IOError("the stream ended in the middle of a frame or before its end frame");
       if (got < 0) return Status::IOError("the migration channel's read failed (" + std::to_string(got) + ")");
-      p += got;
-      n -= static_cast<size_t>(got);
+      const size_t took = std::min(n, static_cast<size_t>(got));
+      p += took;
+      n -= took;
     }
     return Status::OK();
   }
@@ -289,7 +343,67 @@ class IoSource final : public cvmstate::ByteSource {
  private:
   cvmstate_io io_;
   void* opaque_;
+  double timeout_ = 0;
+  const cvmstate::CancelToken* cancel_ = nullptr;
 };
+
+// A channel over fd, every wait bounded by timeout and ended by cancel.
+Channel FdChannel(int fd, double timeout, const cvmstate::CancelToken* cancel) {
+  Channel ch;
+  auto sink = std::make_unique<cvmstate::FdSink>(fd, timeout);
+  auto source = std::make_unique<cvmstate::FdSource>(fd, timeout);
+  sink->set_cancel(cancel);
+  source->set_cancel(cancel);
+  ch.fd_sink = sink.get();
+  ch.fd_source = source.get();
+  ch.sink = std::move(sink);
+  ch.source = std::move(source);
+  ch.timed = true;
+  return ch;
+}
+
+// A channel over the VMM's callbacks, ended by cancel as they return; a
+// timed one (v1, or a destination) also obeys timeout (0: none until set).
+Channel IoChannel(const cvmstate_io& io, void* opaque, bool timed, double timeout,
+                  const cvmstate::CancelToken* cancel) {
+  Channel ch;
+  auto sink = std::make_unique<IoSink>(io, opaque);
+  auto source = std::make_unique<IoSource>(io, opaque);
+  sink->set_cancel(cancel);
+  source->set_cancel(cancel);
+  sink->set_timeout(timeout);
+  source->set_timeout(timeout);
+  ch.io_sink = sink.get();
+  ch.io_source = source.get();
+  ch.timed = timed;
+  ch.sink = std::move(sink);
+  ch.source = std::move(source);
+  return ch;
+}
+
+// Copies a caller's struct that starts with its size_t struct_size into
+// *out (zeroing what an older caller's struct does not have): -EINVAL for
+// a size below first_size, or one beyond sizeof(T) whose extra bytes are
+// not all zero (fields this library does not know).
+template <typename T>
+int ReadSized(const T* in, size_t first_size, const char* what, T* out) {
+  size_t n = 0;
+  std::memcpy(&n, in, sizeof n);
+  if (n < first_size) {
+    return Fail(-EINVAL, std::string(what) + "->struct_size is " + std::to_string(n) + "; set it to sizeof (at least " +
+                             std::to_string(first_size) + ")");
+  }
+  const auto* bytes = reinterpret_cast<const unsigned char*>(in);
+  for (size_t i = sizeof(T); i < n; ++i) {
+    if (bytes[i] != 0) {
+      return Fail(-EINVAL, std::string(what) + " sets fields this library (" + std::to_string(sizeof(T)) +
+                               " bytes) does not know: built against a newer cvmstate.h?");
+    }
+  }
+  std::memset(static_cast<void*>(out), 0, sizeof(T));
+  std::memcpy(static_cast<void*>(out), in, std::min(n, sizeof(T)));
+  return 0;
+}
 
 // How long a key file that is a pipe or FIFO may take to deliver its key.
 constexpr double kKeyFileTimeoutSeconds = 30;
@@ -318,13 +432,29 @@ int Register(cvmstate_vm* vm, const char* block, uint64_t offset, uint64_t size,
     Status s = b->RegisterListener(l->impl.get(), offset, size);
     if (!s.ok())
       return vm->listener_error != 0 ? Fail(vm->listener_error, s.message()) : FromStatus(s);
+    l->offset = offset;
+    l->size = size;
     vm->listeners.insert(l.get());
     *out = l.release();
     return 0;
   });
 }
 
+int Cancelled() { return Fail(-ECANCELED, "the migration was cancelled"); }
+
 }  // namespace
+
+void Channel::SetTimeout(double seconds) {
+  if (fd_sink != nullptr) fd_sink->set_timeout(seconds);
+  if (fd_source != nullptr) fd_source->set_timeout(seconds);
+  if (io_sink != nullptr) io_sink->set_timeout(seconds);
+  if (io_source != nullptr) io_source->set_timeout(seconds);
+}
+
+void Channel::CancelReads(const cvmstate::CancelToken* token) {
+  if (fd_source != nullptr) fd_source->set_cancel(token);
+  if (io_source != nullptr) io_source->set_cancel(token);
+}
 
 extern "C" {
 
@@ -423,6 +553,72 @@ int cvmstate_vm_digest(const cvmstate_vm* vm, uint64_t* digest) {
   });
 }
 
+int cvmstate_range_state(const cvmstate_vm* vm, const char* block, uint64_t offset, uint64_t size, int* state) {
+  return Guard([&] {
+    int err = 0;
+    const cvmstate::BlockTracker* b = FindBlock(vm, block, &err);
+    if (b == nullptr) return err;
+    if (state == nullptr) return NullArgument("state");
+    if (size == 0 || offset > b->size() || size > b->size() - offset) {
+      return Fail(-EINVAL, "range [" + cvmstate::Hex(offset) + ", +" + cvmstate::Hex(size) +
+                               ") is empty or not inside block " + cvmstate::Quoted(b->name()) + " (size " +
+                               cvmstate::Hex(b->size()) + ")");
+    }
+    const uint64_t mask = b->page_size() - 1;
+    const uint64_t first = offset & ~mask, last = ((offset + size - 1) | mask) + 1;
+    int found = -1;
+    b->ForEachRun(first, last - first, [&](const cvmstate::ByteRun& r) {
+      const int st = static_cast<int>(r.state);
+      if (found == -1) {
+        found = st;
+      } else if (found != st) {
+        found = CVMSTATE_MIXED;
+        return false;
+      }
+      return true;
+    });
+    *state = found;
+    return 0;
+  });
+}
+
+int cvmstate_vm_block_count(const cvmstate_vm* vm, uint32_t* count) {
+  return Guard([&] {
+    if (vm == nullptr) return NullArgument("vm");
+    if (count == nullptr) return NullArgument("count");
+    *count = static_cast<uint32_t>(vm->state.num_blocks());
+    return 0;
+  });
+}
+
+int cvmstate_vm_block_info(const cvmstate_vm* vm, uint32_t index, cvmstate_block_info* info) {
+  return Guard([&] {
+    if (vm == nullptr) return NullArgument("vm");
+    if (info == nullptr) return NullArgument("info");
+    cvmstate_block_info out;
+    const size_t n = info->struct_size;
+    // The caller's struct is written, not read: only its size matters.
+    if (n < sizeof(cvmstate_block_info)) {
+      return Fail(-EINVAL, "info->struct_size is " + std::to_string(n) + "; set it to sizeof(cvmstate_block_info) (" +
+                               std::to_string(sizeof(cvmstate_block_info)) + ")");
+    }
+    if (index >= vm->state.num_blocks()) {
+      return Fail(-ENOENT, "no block " + std::to_string(index) + " (the vm has " +
+                               std::to_string(vm->state.num_blocks()) + ")");
+    }
+    const cvmstate::BlockTracker& b = vm->state.block(index);
+    out.struct_size = sizeof(cvmstate_block_info);
+    out.name = b.name().c_str();
+    out.size = b.size();
+    out.page_size = b.page_size();
+    for (int k = 0; k < 3; ++k) out.bytes[k] = b.BytesIn(static_cast<cvmstate::PageState>(k));
+    // Fields of a newer header than this library's stay zero.
+    std::memset(static_cast<void*>(info), 0, n);
+    std::memcpy(static_cast<void*>(info), &out, sizeof out);
+    return 0;
+  });
+}
+
 int cvmstate_register_dma_listener(cvmstate_vm* vm, const char* block, uint64_t offset, uint64_t size,
                                    const cvmstate_dma_ops* ops, void* opaque, cvmstate_listener** out) {
   return Register<cvmstate_dma_ops, CDmaListener>(vm, block, offset, size, ops, opaque, out);
@@ -431,6 +627,65 @@ int cvmstate_register_dma_listener(cvmstate_vm* vm, const char* block, uint64_t 
 int cvmstate_register_attr_listener(cvmstate_vm* vm, const char* block, uint64_t offset, uint64_t size,
                                     const cvmstate_attr_ops* ops, void* opaque, cvmstate_listener** out) {
   return Register<cvmstate_attr_ops, CAttrListener>(vm, block, offset, size, ops, opaque, out);
+}
+
+int cvmstate_register_dma_listener_v1(cvmstate_vm* vm, const char* block, uint64_t offset, uint64_t size,
+                                      const cvmstate_dma_ops_v1* ops_v1, void* opaque, cvmstate_listener** out) {
+  return Guard([&] {
+    if (ops_v1 == nullptr) return NullArgument("ops");
+    cvmstate_dma_ops_v1 v1;
+    const int r = ReadSized(ops_v1, sizeof(cvmstate_dma_ops_v1), "ops", &v1);
+    if (r != 0) return r;
+    const cvmstate_dma_ops ops{v1.populate, v1.discard, v1.granularity, v1.double_discard_supported};
+    return Register<cvmstate_dma_ops, CDmaListener>(vm, block, offset, size, &ops, opaque, out);
+  });
+}
+
+int cvmstate_register_attr_listener_v1(cvmstate_vm* vm, const char* block, uint64_t offset, uint64_t size,
+                                       const cvmstate_attr_ops_v1* ops_v1, void* opaque, cvmstate_listener** out) {
+  return Guard([&] {
+    if (ops_v1 == nullptr) return NullArgument("ops");
+    cvmstate_attr_ops_v1 v1;
+    const int r = ReadSized(ops_v1, sizeof(cvmstate_attr_ops_v1), "ops", &v1);
+    if (r != 0) return r;
+    const cvmstate_attr_ops ops{v1.set_private, v1.clear_private, v1.granularity};
+    return Register<cvmstate_attr_ops, CAttrListener>(vm, block, offset, size, &ops, opaque, out);
+  });
+}
+
+int cvmstate_listener_replay(cvmstate_vm* vm, cvmstate_listener* l, int state) {
+  return Guard([&] {
+    if (vm == nullptr) return NullArgument("vm");
+    if (l == nullptr) return NullArgument("listener");
+    if (vm->listeners.count(l) == 0) {
+      return Fail(-ENOENT, "the listener is not registered with this vm (unregistered already, or another vm's)");
+    }
+    if (!ValidState(state)) return Fail(-EINVAL, "invalid state " + std::to_string(state));
+    const auto want = static_cast<cvmstate::PageState>(state);
+    auto* dma = dynamic_cast<CDmaListener*>(l->impl.get());
+    auto* attr = dynamic_cast<CAttrListener*>(l->impl.get());
+    vm->listener_error = 0;
+    Status refused;
+    l->block->ForEachRun(l->offset, l->size, [&](const cvmstate::ByteRun& r) {
+      if (r.state != want) return true;
+      if (dma != nullptr) {
+        if (want == cvmstate::PageState::kShared) {
+          refused = dma->NotifyPopulate(r.offset, r.length);
+        } else {
+          dma->NotifyDiscard(r.offset, r.length);
+        }
+      } else if (attr != nullptr) {
+        if (want == cvmstate::PageState::kPrivate) {
+          refused = attr->SetPrivate(r.offset, r.length);
+        } else {
+          attr->ClearPrivate(r.offset, r.length);
+        }
+      }
+      return refused.ok();
+    });
+    if (refused.ok()) return 0;
+    return Fail(vm->listener_error != 0 ? vm->listener_error : -EACCES, refused.message());
+  });
 }
 
 int cvmstate_unregister_listener(cvmstate_vm* vm, cvmstate_listener* l) {
@@ -554,8 +809,12 @@ int cvmstate_store_delete(cvmstate_store* store, const char* vm_id) {
   });
 }
 
-static int NewSource(cvmstate_vm* vm, const char* vm_id, std::unique_ptr<cvmstate::ByteSink> sink,
-                     std::unique_ptr<cvmstate::ByteSource> source, const char* psk_file, cvmstate_source** out) {
+// A new source over ch (made by make_channel, given the source's cancel
+// token), checked first.
+using MakeChannel = std::function<Channel(const cvmstate::CancelToken*)>;
+
+static int NewSource(cvmstate_vm* vm, const char* vm_id, const MakeChannel& make_channel, const char* psk_file,
+                     cvmstate_source** out) {
   if (vm == nullptr) return NullArgument("vm");
   if (vm_id == nullptr) return NullArgument("vm_id");
   if (out == nullptr) return NullArgument("out");
@@ -565,8 +824,9 @@ static int NewSource(cvmstate_vm* vm, const char* vm_id, std::unique_ptr<cvmstat
   s->id = vm_id;
   int r = LoadKey(psk_file, &s->key);
   if (r != 0) return r;
-  s->sink = std::move(sink);
-  s->source = std::move(source);
+  s->ch = make_channel(&s->cancel);
+  s->src = std::make_unique<cvmstate::MigrationSource>(&vm->state, s->id, s->ch.sink.get());
+  s->src->SetKey(s->key);
   *out = s.release();
   return 0;
 }
@@ -578,16 +838,9 @@ int cvmstate_source_new_fd(cvmstate_vm* vm, const char* vm_id, int fd, const cha
     if (out == nullptr) return NullArgument("out");
     const int r = CheckFd(fd);
     if (r != 0) return r;
-    auto sink = std::make_unique<cvmstate::FdSink>(fd, kSourceFdTimeoutSeconds);
-    auto source = std::make_unique<cvmstate::FdSource>(fd, kSourceFdTimeoutSeconds);
-    cvmstate::FdSink* fd_sink = sink.get();
-    cvmstate::FdSource* fd_source = source.get();
-    const int made = NewSource(vm, vm_id, std::move(sink), std::move(source), psk_file, out);
-    if (made == 0) {
-      (*out)->fd_sink = fd_sink;
-      (*out)->fd_source = fd_source;
-    }
-    return made;
+    return NewSource(
+        vm, vm_id, [&](const cvmstate::CancelToken* c) { return FdChannel(fd, kSourceFdTimeoutSeconds, c); }, psk_file,
+        out);
   });
 }
 
@@ -596,49 +849,132 @@ int cvmstate_source_set_timeout(cvmstate_source* src, double timeout_seconds) {
     if (src == nullptr) return NullArgument("src");
     const int t = CheckTimeout(timeout_seconds);
     if (t != 0) return t;
-    if (src->fd_sink == nullptr) {
-      return Fail(-EINVAL, "the source runs over callbacks (cvmstate_source_new_io): they bound their own waits");
+    if (!src->ch.timed) {
+      return Fail(-EINVAL,
+                  "the source runs over v0 callbacks (cvmstate_source_new_io): they bound their own waits");
     }
-    src->fd_sink->set_timeout(timeout_seconds);
-    src->fd_source->set_timeout(timeout_seconds);
+    src->ch.SetTimeout(timeout_seconds);
     return 0;
   });
+}
+
+// Checks a v0 or v1 io's callbacks.
+static int CheckIo(const cvmstate_io* io) {
+  if (io->read == nullptr) return NullArgument("io->read");
+  if (io->write == nullptr) return NullArgument("io->write");
+  return 0;
+}
+
+// A v1 io as the v0 struct it extends, after ReadSized's checks.
+static int IoFromV1(const cvmstate_io_v1* v1, cvmstate_io* io) {
+  if (v1 == nullptr) return NullArgument("io");
+  cvmstate_io_v1 copy;
+  const int r = ReadSized(v1, sizeof(cvmstate_io_v1), "io", &copy);
+  if (r != 0) return r;
+  io->read = copy.read;
+  io->write = copy.write;
+  return CheckIo(io);
 }
 
 int cvmstate_source_new_io(cvmstate_vm* vm, const char* vm_id, const cvmstate_io* io, void* opaque,
                            const char* psk_file, cvmstate_source** out) {
   return Guard([&] {
     if (io == nullptr) return NullArgument("io");
-    if (io->read == nullptr) return NullArgument("io->read");
-    if (io->write == nullptr) return NullArgument("io->write");
-    return NewSource(vm, vm_id, std::make_unique<IoSink>(*io, opaque), std::make_unique<IoSource>(*io, opaque),
-                     psk_file, out);
+    const int r = CheckIo(io);
+    if (r != 0) return r;
+    return NewSource(
+        vm, vm_id, [&](const cvmstate::CancelToken* c) { return IoChannel(*io, opaque, /*timed=*/false, 0, c); },
+        psk_file, out);
   });
+}
+
+int cvmstate_source_new_io_v1(cvmstate_vm* vm, const char* vm_id, const cvmstate_io_v1* io_v1, void* opaque,
+                              const char* psk_file, cvmstate_source** out) {
+  return Guard([&] {
+    cvmstate_io io{};
+    const int r = IoFromV1(io_v1, &io);
+    if (r != 0) return r;
+    return NewSource(
+        vm, vm_id,
+        [&](const cvmstate::CancelToken* c) { return IoChannel(io, opaque, true, kSourceFdTimeoutSeconds, c); },
+        psk_file, out);
+  });
+}
+
+// The checks every source call makes first: 0, or the error to return.
+static int SourceUsable(const cvmstate_source* s) {
+  if (s == nullptr) return NullArgument("src");
+  if (s->cancel.cancelled()) return Cancelled();
+  if (s->finished) return Finished();
+  if (s->broken) return Fail(-EIO, "an earlier call failed in the middle of the stream; start a new migration");
+  return 0;
+}
+
+// A streaming call's result: a failure other than a refused argument
+// (checked before anything is sent) may have cut a frame, so the source
+// sends nothing more.
+static int Streamed(cvmstate_source* s, int rc) {
+  if (rc < 0 && rc != -EINVAL) s->broken = true;
+  return rc;
+}
+
+// Reads the destination's challenge and opens the stream (challenge
+// answer, hello): the first step's, or begin's, preamble.
+static int OpenSource(cvmstate_source* s) {
+  auto nonce = cvmstate::MigrationSource::ReadChallenge(s->ch.source.get());
+  if (!nonce.ok()) return FromStatus(nonce.status());
+  return FromStatus(s->src->Open(nonce.value()));
 }
 
 int cvmstate_source_begin(cvmstate_source* s, uint64_t* bytes) {
   return Guard([&] {
-    if (s == nullptr) return NullArgument("src");
-    if (s->finished) return Finished();
-    if (s->src) return Fail(-EINVAL, "the source has already begun");
-    auto nonce = cvmstate::MigrationSource::ReadChallenge(s->source.get());
-    if (!nonce.ok()) return FromStatus(nonce.status());
-    s->src = std::make_unique<cvmstate::MigrationSource>(&s->vm->state, s->id, s->sink.get());
-    s->src->SetKey(s->key);
-    Status st = s->src->Begin(nonce.value());
-    if (!st.ok()) return FromStatus(st);
+    if (int u = SourceUsable(s); u != 0) return u;
+    if (s->src->opened()) return Fail(-EINVAL, "the source has already begun");
+    if (int r = OpenSource(s); r != 0) return Streamed(s, r);
+    auto r = s->src->SendRound();
+    if (!r.ok()) return Streamed(s, FromStatus(r.status()));
     if (bytes) *bytes = s->src->rounds().back().bytes;
     return 0;
   });
 }
 
+int cvmstate_source_pending(const cvmstate_source* s, uint64_t* bytes) {
+  return Guard([&] {
+    if (int u = SourceUsable(s); u != 0) return u;
+    if (bytes == nullptr) return NullArgument("bytes");
+    *bytes = s->src->PendingBytes();
+    return 0;
+  });
+}
+
+int cvmstate_source_step(cvmstate_source* s, uint64_t max_bytes, uint64_t* sent, int* round_done) {
+  return Guard([&] {
+    if (int u = SourceUsable(s); u != 0) return u;
+    const uint64_t before = s->src->total_bytes();
+    if (!s->src->opened()) {
+      if (int r = OpenSource(s); r != 0) return Streamed(s, r);
+    }
+    const uint64_t preamble = s->src->total_bytes() - before;
+    auto r = s->src->Step(max_bytes - std::min(max_bytes, preamble));
+    if (!r.ok()) return Streamed(s, FromStatus(r.status()));
+    if (sent) *sent = s->src->total_bytes() - before;
+    if (round_done) *round_done = r->round_done ? 1 : 0;
+    return 0;
+  });
+}
+
+int cvmstate_source_cancel(cvmstate_source* s) {
+  if (s == nullptr) return NullArgument("src");
+  s->cancel.Cancel();
+  return 0;
+}
+
 int cvmstate_source_round(cvmstate_source* s, uint64_t* bytes) {
   return Guard([&] {
-    if (s == nullptr) return NullArgument("src");
-    if (s->finished) return Finished();
-    if (!s->src) return Fail(-EINVAL, "the source has not begun");
+    if (int u = SourceUsable(s); u != 0) return u;
+    if (!s->src->opened()) return Fail(-EINVAL, "the source has not begun");
     auto r = s->src->SendRound();
-    if (!r.ok()) return FromStatus(r.status());
+    if (!r.ok()) return Streamed(s, FromStatus(r.status()));
     if (bytes) *bytes = r->bytes;
     return 0;
   });
@@ -646,16 +982,18 @@ int cvmstate_source_round(cvmstate_source* s, uint64_t* bytes) {
 
 int cvmstate_source_finish(cvmstate_source* s, uint64_t* bytes) {
   return Guard([&] {
-    if (s == nullptr) return NullArgument("src");
-    if (s->finished) return Finished();
-    if (!s->src) return Fail(-EINVAL, "the source has not begun");
+    if (int u = SourceUsable(s); u != 0) return u;
+    if (!s->src->opened()) return Fail(-EINVAL, "the source has not begun");
     // Whatever happens now, the stream is over: a second finish (or a round)
     // must not send more.
     s->finished = true;
     auto r = s->src->Finish();
     if (!r.ok()) return FromStatus(r.status());
     if (bytes) *bytes = r->bytes;
-    return FromStatus(s->src->AwaitAck(s->source.get()));
+    // The end frame went: the destination decides now, and a cancel no
+    // longer ends the wait for its answer (it may already run the guest).
+    s->ch.CancelReads(nullptr);
+    return FromStatus(s->src->AwaitAck(s->ch.source.get()));
   });
 }
 
@@ -669,14 +1007,12 @@ uint64_t cvmstate_source_round_bytes(const cvmstate_source* s, uint32_t round) {
 
 void cvmstate_source_free(cvmstate_source* s) { delete s; }
 
-static int NewDestination(std::unique_ptr<cvmstate::ByteSink> sink, std::unique_ptr<cvmstate::ByteSource> source,
-                          const char* psk_file, cvmstate_destination** out) {
+static int NewDestination(const MakeChannel& make_channel, const char* psk_file, cvmstate_destination** out) {
   if (out == nullptr) return NullArgument("out");
   auto d = std::make_unique<cvmstate_destination>();
   int r = LoadKey(psk_file, &d->options.stream.key);
   if (r != 0) return r;
-  d->sink = std::move(sink);
-  d->source = std::move(source);
+  d->ch = make_channel(&d->cancel);
   *out = d.release();
   return 0;
 }
@@ -688,18 +1024,50 @@ int cvmstate_destination_new_fd(int fd, const char* psk_file, double timeout_sec
     if (r != 0) return r;
     const int t = CheckTimeout(timeout_seconds);
     if (t != 0) return t;
-    return NewDestination(std::make_unique<cvmstate::FdSink>(fd, timeout_seconds),
-                          std::make_unique<cvmstate::FdSource>(fd, timeout_seconds), psk_file, out);
+    return NewDestination([&](const cvmstate::CancelToken* c) { return FdChannel(fd, timeout_seconds, c); }, psk_file,
+                          out);
   });
 }
 
 int cvmstate_destination_new_io(const cvmstate_io* io, void* opaque, const char* psk_file, cvmstate_destination** out) {
   return Guard([&] {
     if (io == nullptr) return NullArgument("io");
-    if (io->read == nullptr) return NullArgument("io->read");
-    if (io->write == nullptr) return NullArgument("io->write");
-    return NewDestination(std::make_unique<IoSink>(*io, opaque), std::make_unique<IoSource>(*io, opaque), psk_file, out);
+    const int r = CheckIo(io);
+    if (r != 0) return r;
+    // v0: no deadline until cvmstate_destination_set_timeout.
+    return NewDestination([&](const cvmstate::CancelToken* c) { return IoChannel(*io, opaque, /*timed=*/true, 0, c); },
+                          psk_file, out);
   });
+}
+
+int cvmstate_destination_new_io_v1(const cvmstate_io_v1* io_v1, void* opaque, const char* psk_file,
+                                   double timeout_seconds, cvmstate_destination** out) {
+  return Guard([&] {
+    cvmstate_io io{};
+    const int r = IoFromV1(io_v1, &io);
+    if (r != 0) return r;
+    const int t = CheckTimeout(timeout_seconds);
+    if (t != 0) return t;
+    return NewDestination(
+        [&](const cvmstate::CancelToken* c) { return IoChannel(io, opaque, true, timeout_seconds, c); }, psk_file,
+        out);
+  });
+}
+
+int cvmstate_destination_set_timeout(cvmstate_destination* d, double timeout_seconds) {
+  return Guard([&] {
+    if (d == nullptr) return NullArgument("dst");
+    const int t = CheckTimeout(timeout_seconds);
+    if (t != 0) return t;
+    d->ch.SetTimeout(timeout_seconds);
+    return 0;
+  });
+}
+
+int cvmstate_destination_cancel(cvmstate_destination* d) {
+  if (d == nullptr) return NullArgument("dst");
+  d->cancel.Cancel();
+  return 0;
 }
 
 int cvmstate_destination_set_max_runs(cvmstate_destination* d, uint64_t max_runs) {
@@ -718,11 +1086,12 @@ int cvmstate_destination_receive(cvmstate_destination* d, cvmstate_vm** out) {
   return Guard([&] {
     if (d == nullptr) return NullArgument("dst");
     if (out == nullptr) return NullArgument("out");
+    if (d->cancel.cancelled()) return Cancelled();
     if (d->incoming) return Fail(-EINVAL, "the destination has already received");
-    d->options.reply = d->sink.get();
+    d->options.reply = d->ch.sink.get();
     d->incoming = std::make_unique<cvmstate::IncomingMigration>(nullptr, d->options);
-    Status s = d->incoming->Receive(d->source.get());
-    if (!s.ok()) return FromStatus(s);
+    Status s = d->incoming->Receive(d->ch.source.get());
+    if (!s.ok()) return d->cancel.cancelled() ? Cancelled() : FromStatus(s);
     auto h = std::make_unique<cvmstate_vm>();
     h->state = std::move(*d->incoming->TakeState());
     *out = h.release();
@@ -737,6 +1106,7 @@ const char* cvmstate_destination_vm_id(const cvmstate_destination* d) {
 int cvmstate_destination_ack(cvmstate_destination* d, int ok, const char* reason) {
   return Guard([&] {
     if (d == nullptr) return NullArgument("dst");
+    if (d->cancel.cancelled()) return Cancelled();
     if (d->acknowledged) return Finished();
     if (!d->incoming || d->incoming->report().vm_id.empty()) {
       return Fail(-EINVAL, "destination has received nothing");

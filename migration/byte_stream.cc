@@ -21,6 +21,18 @@ using Clock = std::chrono::steady_clock;
 
 std::string Errno(const char* what) { return std::string(what) + ": " + std::strerror(errno); }
 
+// Polls fd for events and the cancel token's descriptor (if any) for at
+// most timeout_ms (-1: no limit). > 0: fd is ready (or in error), 0: not
+// yet, < 0: poll failed (errno set; EINTR counts as not yet).
+int PollWithCancel(int fd, short events, const CancelToken* cancel, int timeout_ms) {
+  pollfd pfd[2] = {{fd, events, 0}, {cancel != nullptr ? cancel->fd() : -1, POLLIN, 0}};
+  // Without a descriptor to wake on, a cancel is seen within a second.
+  if (cancel != nullptr && cancel->fd() < 0 && (timeout_ms < 0 || timeout_ms > 1000)) timeout_ms = 1000;
+  const int r = poll(pfd, 2, timeout_ms);
+  if (r < 0) return errno == EINTR ? 0 : -1;
+  return pfd[0].revents != 0 ? 1 : 0;
+}
+
 }  // namespace
 
 FdSink::Kind FdSink::kind() {
@@ -42,18 +54,22 @@ FdSink::Kind FdSink::kind() {
 Status FdSink::Write(std::string_view data) {
   const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout_));
   // A file never makes a writer wait for a peer: it is written as it is.
-  const bool bounded = timeout_ > 0 && kind() != Kind::kFile;
+  const bool bounded = (timeout_ > 0 || cancel_ != nullptr) && kind() != Kind::kFile;
   while (!data.empty()) {
+    if (cancel_ != nullptr && cancel_->cancelled()) return cancel_->Check();
     if (bounded) {
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
-      if (left <= 0) {
-        return Status::TimedOut("timed out after " + FormatSeconds(timeout_) +
-                                " writing to the migration channel (the peer stopped reading)");
+      long long wait_ms = -1;
+      if (timeout_ > 0) {
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+        if (left <= 0) {
+          return Status::TimedOut("timed out after " + FormatSeconds(timeout_) +
+                                  " writing to the migration channel (the peer stopped reading)");
+        }
+        wait_ms = std::min<long long>(left, 1000);
       }
-      pollfd pfd{fd_, POLLOUT, 0};
-      const int r = poll(&pfd, 1, static_cast<int>(std::min<long long>(left, 1000)));
-      if (r < 0 && errno != EINTR) return Status::IOError(Errno("poll"));
-      if (r <= 0) continue;
+      const int r = PollWithCancel(fd_, POLLOUT, cancel_, static_cast<int>(wait_ms));
+      if (r < 0) return Status::IOError(Errno("poll"));
+      if (r == 0) continue;
       // POLLERR or POLLHUP: the write below reports the error.
     }
     ssize_t n;
@@ -85,13 +101,17 @@ Status FdSource::Read(void* buf, size_t n) {
   char* p = static_cast<char*>(buf);
   const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout_));
   while (n > 0) {
-    if (timeout_ > 0) {
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
-      if (left <= 0) return Status::TimedOut("timed out after " + FormatSeconds(timeout_) + " waiting for the next frame");
-      pollfd pfd{fd_, POLLIN, 0};
-      int r = poll(&pfd, 1, static_cast<int>(std::min<long long>(left, 1000)));
-      if (r < 0 && errno != EINTR) return Status::IOError(Errno("poll"));
-      if (r <= 0) continue;
+    if (cancel_ != nullptr && cancel_->cancelled()) return cancel_->Check();
+    if (timeout_ > 0 || cancel_ != nullptr) {
+      long long wait_ms = -1;
+      if (timeout_ > 0) {
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+        if (left <= 0) return Status::TimedOut("timed out after " + FormatSeconds(timeout_) + " waiting for the next frame");
+        wait_ms = std::min<long long>(left, 1000);
+      }
+      const int r = PollWithCancel(fd_, POLLIN, cancel_, static_cast<int>(wait_ms));
+      if (r < 0) return Status::IOError(Errno("poll"));
+      if (r == 0) continue;
     }
     ssize_t got = ::read(fd_, p, n);
     if (got < 0) {

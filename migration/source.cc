@@ -1,5 +1,7 @@
 #include "migration/source.h"
 
+#include <algorithm>
+
 #include "codec/chunk_codec.h"
 #include "migration/auth.h"
 #include "migration/frames.h"
@@ -43,7 +45,8 @@ Status MigrationSource::CheckStreamable(const VmState& vm) {
   return Status::OK();
 }
 
-Status MigrationSource::Begin(std::string_view nonce) {
+Status MigrationSource::Open(std::string_view nonce) {
+  if (opened()) return Status::InvalidArgument("the migration has already begun");
   if (nonce.size() != kNonceBytes) return Status::InvalidArgument("a nonce has 32 bytes");
   Status ok = CheckStreamable(*vm_);
   if (!ok.ok()) return ok;
@@ -62,7 +65,14 @@ Status MigrationSource::Begin(std::string_view nonce) {
   Status s = SendHello();
   if (!s.ok()) return s;
   journal_.Attach(vm_);  // changes from here on belong to round 1
-  auto r = SendSections(/*full=*/true);
+  StartRound(/*full=*/true);
+  return Status::OK();
+}
+
+Status MigrationSource::Begin(std::string_view nonce) {
+  Status s = Open(nonce);
+  if (!s.ok()) return s;
+  auto r = SendRound();
   return r.ok() ? Status::OK() : r.status();
 }
 
@@ -83,88 +93,195 @@ Status MigrationSource::SendHello() {
   return WriteFrame(sink_, fb, seq_++, send_key_, &bytes_);
 }
 
-Result<RoundStats> MigrationSource::SendRound() { return SendSections(/*full=*/false); }
-
-Result<RoundStats> MigrationSource::SendSections(bool full) {
+Status MigrationSource::CheckBlocks() const {
   if (!journal_.attached()) return Status::InvalidArgument("the migration has not begun");
   if (vm_->num_blocks() != blocks_) {
     return Status::InvalidArgument("the VM gained blocks during its migration; the destination does not know them");
   }
-  RoundStats st;
-  st.round = static_cast<uint32_t>(rounds_.size());
-  const uint64_t bytes0 = bytes_;
+  return Status::OK();
+}
+
+void MigrationSource::StartRound(bool full) {
+  RoundCursor c;
+  c.stats.round = static_cast<uint32_t>(rounds_.size());
+  c.bytes0 = bytes_;
   // Ranges to send per block: everything, or what changed since last round.
-  std::vector<std::vector<PageRange>> todo(vm_->num_blocks());
+  c.todo.resize(vm_->num_blocks());
   for (size_t i = 0; i < vm_->num_blocks(); ++i) {
     const BlockTracker& b = vm_->block(i);
-    todo[i] = full ? std::vector<PageRange>{{0, b.size() >> b.page_shift()}} : journal_.Changed(b);
+    c.todo[i] = full ? std::vector<PageRange>{{0, b.size() >> b.page_shift()}} : journal_.Changed(b);
   }
   journal_.Advance();
-  for (size_t i = 0; i < vm_->num_blocks(); ++i) {
-    const BlockTracker& b = vm_->block(i);
-    std::string raw;
+  round_ = std::move(c);
+}
+
+namespace {
+
+// The smallest frame a step with little budget left still makes (raw bytes).
+constexpr size_t kMinStepFrameRaw = 256;
+// Bytes a Sections frame adds to its raw sections at most in practice: the
+// header, the FlatBuffers table, and zstd's frame header and checksum (the
+// MAC comes on top).
+constexpr uint64_t kSectionsFrameOverhead = kHeaderBytes + 96;
+constexpr uint64_t kSmallFrameBytes = kHeaderBytes + 64;  // a RoundEnd, a challenge answer
+
+// Appends one section to *raw: the runs of block pages [a, end), at most
+// max_runs of them, after the previous section ending at prev_end. Returns
+// the page where it stops; *runs gets its runs.
+uint64_t AppendSection(const BlockTracker& b, uint64_t a, uint64_t end, size_t max_runs, uint64_t prev_end,
+                       std::vector<ChunkRun>* runs, std::string* raw) {
+  runs->clear();
+  uint64_t z = a;
+  b.map().ForEachRun(a, end, [&](const Run& run) {
+    runs->push_back({run.end - run.begin, run.state});
+    z = run.end;
+    return runs->size() < max_runs;
+  });
+  PutVarint(raw, a - prev_end);
+  PutVarint(raw, z - a);
+  AppendRuns(*runs, raw);
+  return z;
+}
+
+// Whether a frame holding raw bytes and runs is full.
+bool FrameFull(size_t raw, size_t runs, size_t raw_limit) { return raw > raw_limit || runs > 4 * kMaxSectionRuns; }
+
+}  // namespace
+
+Result<MigrationSource::StepResult> MigrationSource::Step(uint64_t max_bytes) {
+  Status ok = CheckBlocks();
+  if (!ok.ok()) return ok;
+  if (!round_) StartRound(/*full=*/false);
+  RoundCursor& c = *round_;
+  const uint64_t start = bytes_;
+  auto spent = [&] { return bytes_ - start; };
+  std::vector<ChunkRun> runs;
+  std::string raw, section, z;
+  while (c.block < c.todo.size()) {
+    if (spent() > 0 && spent() >= max_bytes) return StepResult{spent(), false};
+    const BlockTracker& b = vm_->block(c.block);
+    const std::vector<PageRange>& ranges = c.todo[c.block];
+    // One frame of this block, sized to what the step has left.
+    const uint64_t left = max_bytes - std::min(max_bytes, spent());
+    const size_t raw_limit = static_cast<size_t>(std::clamp<uint64_t>(left, kMinStepFrameRaw, kMaxFrameRaw / 2));
+    raw.clear();
     uint32_t sections = 0, runs_in_frame = 0;
     uint64_t prev_end = 0;
-    auto flush = [&]() -> Status {
-      if (sections == 0) return Status::OK();
-      std::string z;
+    while (c.range < ranges.size() && raw.size() < raw_limit && runs_in_frame <= 4 * kMaxSectionRuns) {
+      const PageRange& r = ranges[c.range];
+      const uint64_t a = std::max(r.begin, c.page);
+      // A run takes a few bytes: at most a quarter of the room in runs.
+      const size_t max_runs = std::clamp<size_t>((raw_limit - raw.size()) / 4, 16, kMaxSectionRuns);
+      section.clear();
+      const uint64_t end = AppendSection(b, a, r.end, max_runs, prev_end, &runs, &section);
+      // A section that does not fit starts the next frame (read again then).
+      if (sections > 0 && raw.size() + section.size() > raw_limit) break;
+      raw += section;
+      ++sections;
+      runs_in_frame += static_cast<uint32_t>(runs.size());
+      prev_end = end;
+      if (end >= r.end) {
+        ++c.range;
+        c.page = 0;
+      } else {
+        c.page = end;
+      }
+    }
+    if (sections > 0) {
       Status s = ZstdCompress(raw, &z);
       if (!s.ok()) return s;
       flatbuffers::FlatBufferBuilder fb(z.size() + 128);
-      auto sec = fbs::CreateSections(fb, st.round, static_cast<uint32_t>(i), sections, runs_in_frame,
+      auto sec = fbs::CreateSections(fb, c.stats.round, static_cast<uint32_t>(c.block), sections, runs_in_frame,
                                      static_cast<uint32_t>(raw.size()),
                                      fb.CreateVector(reinterpret_cast<const uint8_t*>(z.data()), z.size()));
       fbs::FinishFrameBuffer(fb, fbs::CreateFrame(fb, seq_, fbs::Body::Sections, sec.Union()));
       s = WriteFrame(sink_, fb, seq_++, send_key_, &bytes_);
       if (!s.ok()) return s;
-      ++st.frames;
-      st.sections += sections;
-      st.runs += runs_in_frame;
-      raw.clear();
-      sections = runs_in_frame = 0;
-      prev_end = 0;
-      return Status::OK();
-    };
-    std::vector<ChunkRun> runs;
-    for (const PageRange& r : todo[i]) {
-      uint64_t a = r.begin;
-      while (a < r.end) {
-        // A section: the runs of [a, z), at most kMaxSectionRuns of them.
-        runs.clear();
-        uint64_t z = a;
-        b.map().ForEachRun(a, r.end, [&](const Run& run) {
-          runs.push_back({run.end - run.begin, run.state});
-          z = run.end;
-          return runs.size() < kMaxSectionRuns;
-        });
-        PutVarint(&raw, a - prev_end);
-        PutVarint(&raw, z - a);
-        AppendRuns(runs, &raw);
-        ++sections;
-        runs_in_frame += static_cast<uint32_t>(runs.size());
-        prev_end = z;
-        a = z;
-        if (raw.size() > kMaxFrameRaw / 2 || runs_in_frame > 4 * kMaxSectionRuns) {
-          Status s = flush();
-          if (!s.ok()) return s;
-        }
-      }
+      ++c.stats.frames;
+      c.stats.sections += sections;
+      c.stats.runs += runs_in_frame;
     }
-    Status s = flush();
-    if (!s.ok()) return s;
+    if (c.range >= ranges.size()) {
+      ++c.block;
+      c.range = 0;
+      c.page = 0;
+    }
   }
   flatbuffers::FlatBufferBuilder fb;
-  auto end = fbs::CreateRoundEnd(fb, st.round, static_cast<uint32_t>(st.frames), st.runs);
+  auto end = fbs::CreateRoundEnd(fb, c.stats.round, static_cast<uint32_t>(c.stats.frames), c.stats.runs);
   fbs::FinishFrameBuffer(fb, fbs::CreateFrame(fb, seq_, fbs::Body::RoundEnd, end.Union()));
   Status s = WriteFrame(sink_, fb, seq_++, send_key_, &bytes_);
   if (!s.ok()) return s;
-  st.bytes = bytes_ - bytes0;
-  rounds_.push_back(st);
-  return st;
+  c.stats.bytes = bytes_ - c.bytes0;
+  rounds_.push_back(c.stats);
+  round_.reset();
+  return StepResult{spent(), true};
+}
+
+uint64_t MigrationSource::PendingBytes() const {
+  const uint64_t mac = key_.empty() ? 0 : kMacBytes;
+  uint64_t total = 0;
+  std::vector<ChunkRun> runs;
+  std::string scratch;
+  // The bytes of the frames carrying `ranges` of b, from page `from` on.
+  auto measure = [&](const BlockTracker& b, const std::vector<PageRange>& ranges, size_t first, uint64_t from) {
+    size_t raw = 0, runs_in_frame = 0;
+    uint64_t prev_end = 0;
+    bool any = false;
+    for (size_t k = first; k < ranges.size(); ++k) {
+      uint64_t a = k == first ? std::max(ranges[k].begin, from) : ranges[k].begin;
+      while (a < ranges[k].end) {
+        scratch.clear();
+        const uint64_t z = AppendSection(b, a, ranges[k].end, kMaxSectionRuns, prev_end, &runs, &scratch);
+        raw += scratch.size();
+        runs_in_frame += runs.size();
+        any = true;
+        prev_end = a = z;
+        if (FrameFull(raw, runs_in_frame, kMaxFrameRaw / 2)) {
+          total += raw + kSectionsFrameOverhead + mac;
+          raw = runs_in_frame = prev_end = 0;
+          any = false;
+        }
+      }
+    }
+    if (any) total += raw + kSectionsFrameOverhead + mac;
+  };
+  if (!opened()) {
+    // The challenge answer, the hello, then every page.
+    total += 2 * (kSmallFrameBytes + mac) + kNonceBytes + id_.size();
+    for (size_t i = 0; i < vm_->num_blocks(); ++i) {
+      const BlockTracker& b = vm_->block(i);
+      total += 48 + b.name().size();
+      measure(b, {{0, b.size() >> b.page_shift()}}, 0, 0);
+    }
+  } else {
+    if (round_) {
+      for (size_t i = round_->block; i < round_->todo.size() && i < vm_->num_blocks(); ++i) {
+        measure(vm_->block(i), round_->todo[i], i == round_->block ? round_->range : 0,
+                i == round_->block ? round_->page : 0);
+      }
+    }
+    for (size_t i = 0; i < vm_->num_blocks(); ++i) measure(vm_->block(i), journal_.Changed(vm_->block(i)), 0, 0);
+  }
+  return total + kSmallFrameBytes + mac;  // the round's end
+}
+
+Result<RoundStats> MigrationSource::SendRound() {
+  Status ok = CheckBlocks();
+  if (!ok.ok()) return ok;
+  for (;;) {
+    auto r = Step(UINT64_MAX);
+    if (!r.ok()) return r.status();
+    if (r->round_done) return rounds_.back();
+  }
 }
 
 Result<RoundStats> MigrationSource::Finish() {
-  auto last = SendSections(/*full=*/false);
+  if (round_) {
+    auto rest = SendRound();
+    if (!rest.ok()) return rest;
+  }
+  auto last = SendRound();
   if (!last.ok()) return last;
   uint64_t runs = 0;
   for (size_t i = 0; i < vm_->num_blocks(); ++i) runs += vm_->block(i).CountRuns();

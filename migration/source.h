@@ -10,6 +10,7 @@
 #define CVMSTATE_MIGRATION_SOURCE_H_
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -40,13 +41,42 @@ class MigrationSource {
   // For a stream with no live destination (a file): a fresh nonce.
   static Result<std::string> NewNonce();
 
-  // Sends the answer to the challenge (`nonce`), the hello and round 0:
-  // the full state.
+  // Sends the answer to the challenge (`nonce`) and the hello, and starts
+  // round 0 (the full state) for Step to send.
+  [[nodiscard]] Status Open(std::string_view nonce);
+  bool opened() const { return journal_.attached(); }
+
+  // What one Step sent.
+  struct StepResult {
+    uint64_t bytes = 0;
+    bool round_done = false;  // the round's last frame (its RoundEnd) went
+  };
+  // Sends part of the current round (a new one, of what changed since the
+  // previous round, if none is in progress) and returns: each frame's raw
+  // sections are cut to what is left of max_bytes (256 bytes at least), and the
+  // step stops once it sent max_bytes, so it goes past max_bytes by at most
+  // one frame's overhead (header, MAC, table, zstd: about 200 bytes) or a
+  // frame of 256 raw bytes. Every step sends at least one frame. The
+  // guest may convert pages between steps: a range is read when its frame
+  // is made, and changes made after the round began go in the next round.
+  Result<StepResult> Step(uint64_t max_bytes);
+  bool round_in_progress() const { return round_.has_value(); }
+  // An estimate of the bytes the next round would send now (before Open:
+  // the challenge answer, the hello and the full state; during a round:
+  // what the round has left plus what changed since it began). Computed
+  // from the runs to send without compressing them, so it is above the
+  // truth but for zstd's expansion of incompressible frames, never by more
+  // than one frame. Costs O(runs to send).
+  uint64_t PendingBytes() const;
+
+  // Open, then round 0 in one go.
   [[nodiscard]] Status Begin(std::string_view nonce);
-  // Sends a pre-copy round: the ranges changed since the previous round.
+  // Sends a pre-copy round in one go: the rest of the round in progress,
+  // or a new one of the ranges changed since the previous round.
   Result<RoundStats> SendRound();
-  // Sends the final round (stop-and-copy: the guest is paused, so what
-  // changed last goes now) and the end frame with the state digest.
+  // Sends the rest of a round in progress, then the final round
+  // (stop-and-copy: the guest is paused, so what changed last goes now) and
+  // the end frame with the state digest.
   Result<RoundStats> Finish();
   // Waits for the destination's acknowledgement: OK once it is ready, or
   // the error it reported (Refused) or met (IOError, TimedOut, Corruption).
@@ -56,8 +86,18 @@ class MigrationSource {
   uint64_t total_bytes() const { return bytes_; }
 
  private:
-  Result<RoundStats> SendSections(bool full);
+  // A round being sent: the ranges it carries and how far it got.
+  struct RoundCursor {
+    RoundStats stats;
+    uint64_t bytes0 = 0;  // bytes_ when it began
+    std::vector<std::vector<PageRange>> todo;  // per block
+    size_t block = 0, range = 0;
+    uint64_t page = 0;  // where the next section starts within todo[block][range]
+  };
+  void StartRound(bool full);
+  [[nodiscard]] Status CheckBlocks() const;
   [[nodiscard]] Status SendHello();
+
 
   VmState* vm_;
   std::string id_;
@@ -69,6 +109,7 @@ class MigrationSource {
   uint64_t bytes_ = 0;
   size_t blocks_ = 0;  // blocks announced in the hello
   std::vector<RoundStats> rounds_;
+  std::optional<RoundCursor> round_;
 };
 
 }  // namespace cvmstate

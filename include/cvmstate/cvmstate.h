@@ -19,12 +19,22 @@
  *    it: one thread at a time (the caller serializes; listener callbacks run
  *    on the calling thread, and must not call back into the same vm).
  *    Different vms may be used from different threads at once.
+ *  - cvmstate_source_cancel and cvmstate_destination_cancel: any thread, any
+ *    time between the handle's _new and its _free, also while another
+ *    thread is inside a call on the same handle (that is what they are for).
  *  - A cvmstate_store may be shared by threads: cvmstate_checkpoint,
  *    cvmstate_store_load, cvmstate_store_commit and cvmstate_store_delete
  *    of different VM ids may run concurrently on it (a delete waits for the
  *    checkpoints in flight of the vms checkpointed to this store).
  *
  * Error codes, one per kind of failure (never derived from a message):
+ * Versions: 0.1 is the v0 API; 0.2 adds the v1 calls (marked "v1" below),
+ * every v0 call unchanged in source and binary. Structs that may grow
+ * carry a leading struct_size the caller sets to sizeof (the _v1 structs,
+ * cvmstate_block_info): the library reads or writes only that many bytes,
+ * and refuses (-EINVAL) a size below the first version's, or a larger
+ * size whose bytes beyond what it knows are not all zero.
+ *
  * -EINVAL invalid argument or range, -ENOENT no such block, VM or listener,
  * -EEXIST name or VM id taken, -EBADMSG corrupted data or stream, -EIO I/O
  * failure, -ETIMEDOUT a wait ran past its deadline, -EACCES authentication
@@ -49,7 +59,7 @@ extern "C" {
 #endif
 
 #define CVMSTATE_VERSION_MAJOR 0
-#define CVMSTATE_VERSION_MINOR 1
+#define CVMSTATE_VERSION_MINOR 2
 #define CVMSTATE_VERSION_PATCH 0
 #define CVMSTATE_VERSION ((CVMSTATE_VERSION_MAJOR << 16) | (CVMSTATE_VERSION_MINOR << 8) | CVMSTATE_VERSION_PATCH)
 
@@ -64,9 +74,10 @@ CVMSTATE_API uint32_t cvmstate_version(void);
 CVMSTATE_API const char* cvmstate_last_error(void);
 
 enum cvmstate_page_state {
-  CVMSTATE_SHARED = 0,    /* host-visible: DMA-mapped for assigned devices */
-  CVMSTATE_PRIVATE = 1,   /* guest-owned (guest_memfd private) */
-  CVMSTATE_DISCARDED = 2  /* no backing: unaccepted, ballooned, unplugged */
+  CVMSTATE_SHARED = 0,     /* host-visible: DMA-mapped for assigned devices */
+  CVMSTATE_PRIVATE = 1,    /* guest-owned (guest_memfd private) */
+  CVMSTATE_DISCARDED = 2,  /* no backing: unaccepted, ballooned, unplugged */
+  CVMSTATE_MIXED = 3       /* v1: cvmstate_range_state's answer for a range in more than one state */
 };
 
 typedef struct cvmstate_vm cvmstate_vm;
@@ -115,7 +126,52 @@ CVMSTATE_API int cvmstate_for_each_run(const cvmstate_vm* vm, const char* block,
 /* A 64-bit digest of the whole state: equal digests, equal states. */
 CVMSTATE_API int cvmstate_vm_digest(const cvmstate_vm* vm, uint64_t* digest);
 
+/* v1. The one state of every page holding a byte of [offset, offset+size)
+ * of block in *state, or CVMSTATE_MIXED if they differ: QEMU's
+ * is_populated (*state == CVMSTATE_SHARED) and is_discarded in one call.
+ * Costs the runs it looks at, up to the second state met. -ENOENT,
+ * -EINVAL (size 0, or the range not inside the block). */
+CVMSTATE_API int cvmstate_range_state(const cvmstate_vm* vm, const char* block, uint64_t offset, uint64_t size,
+                                      int* state);
+
+/* v1. What a VM holds, for a destination to check the layout it received
+ * against its own RAM. Blocks are numbered 0 .. count-1 in the order they
+ * were added (for a received or loaded vm: the source's order). */
+CVMSTATE_API int cvmstate_vm_block_count(const cvmstate_vm* vm, uint32_t* count);
+
+typedef struct cvmstate_block_info {
+  size_t struct_size;  /* set by the caller: sizeof(cvmstate_block_info) */
+  const char* name;    /* valid until the vm is freed */
+  uint64_t size;       /* bytes */
+  uint64_t page_size;  /* bytes */
+  uint64_t bytes[3];   /* bytes in each state, indexed by cvmstate_page_state */
+} cvmstate_block_info;
+
+/* v1. Fills *info for block `index` (O(1): the per-state bytes are kept up
+ * to date on every conversion). -ENOENT for an index past the last block;
+ * -EINVAL for a struct_size as the conventions above say. */
+CVMSTATE_API int cvmstate_vm_block_info(const cvmstate_vm* vm, uint32_t index, cvmstate_block_info* info);
+
 /* ---- Listeners ----------------------------------------------------------- */
+
+/* The order of callbacks within one cvmstate_convert (fixed, and the same
+ * for every block):
+ *  1. The calls a listener may refuse, while the state is still the old
+ *     one: populate (pages becoming shared) and set_private (pages becoming
+ *     private), listener by listener in registration order, each listener's
+ *     runs in ascending order. So a KVM attribute listener registered before
+ *     a VFIO one sets the private attribute before VFIO maps anything, and
+ *     the other way round if registered the other way round.
+ *  2. If one refuses: every call of step 1 already accepted is undone with
+ *     its inverse (discard, clear_private), listeners in reverse order, and
+ *     cvmstate_convert returns the refusal; nothing else is called.
+ *  3. The state changes.
+ *  4. The calls that cannot fail: discard (pages no longer shared) and
+ *     clear_private (pages no longer private), in registration order,
+ *     ascending.
+ * A run changing between private and discarded is not told to a DMA
+ * listener (both are "not shared" to it); one between shared and
+ * discarded is not told to an attribute listener. */
 
 /* A DMA-mapping listener (as QEMU's RamDiscardListener / VFIO): told when
  * pages become shared (populate: may refuse with a negative errno) and stop
@@ -154,6 +210,44 @@ CVMSTATE_API int cvmstate_register_attr_listener(cvmstate_vm* vm, const char* bl
  * membership in its own set, never by reading them. */
 CVMSTATE_API int cvmstate_unregister_listener(cvmstate_vm* vm, cvmstate_listener* listener);
 
+/* v1. The listener structs with a leading struct_size, for the fields later
+ * versions add; otherwise as cvmstate_dma_ops and cvmstate_attr_ops. */
+typedef struct cvmstate_dma_ops_v1 {
+  size_t struct_size; /* sizeof(cvmstate_dma_ops_v1) */
+  int (*populate)(void* opaque, uint64_t offset, uint64_t size);
+  void (*discard)(void* opaque, uint64_t offset, uint64_t size);
+  uint64_t granularity;
+  int double_discard_supported;
+} cvmstate_dma_ops_v1;
+
+typedef struct cvmstate_attr_ops_v1 {
+  size_t struct_size; /* sizeof(cvmstate_attr_ops_v1) */
+  int (*set_private)(void* opaque, uint64_t offset, uint64_t size);
+  void (*clear_private)(void* opaque, uint64_t offset, uint64_t size);
+  uint64_t granularity;
+} cvmstate_attr_ops_v1;
+
+/* v1. As cvmstate_register_dma_listener / _attr_listener. */
+CVMSTATE_API int cvmstate_register_dma_listener_v1(cvmstate_vm* vm, const char* block, uint64_t offset,
+                                                   uint64_t size, const cvmstate_dma_ops_v1* ops, void* opaque,
+                                                   cvmstate_listener** out);
+CVMSTATE_API int cvmstate_register_attr_listener_v1(cvmstate_vm* vm, const char* block, uint64_t offset,
+                                                    uint64_t size, const cvmstate_attr_ops_v1* ops, void* opaque,
+                                                    cvmstate_listener** out);
+
+/* v1. Tells the listener again about the runs of its section in `state`,
+ * as registering did (QEMU's replay_populated and replay_discarded): a DMA
+ * listener gets populate for each shared run (state CVMSTATE_SHARED) or
+ * discard for each run in `state` (CVMSTATE_PRIVATE or CVMSTATE_DISCARDED);
+ * an attribute listener gets set_private for each private run or
+ * clear_private for each run in `state` (CVMSTATE_SHARED or
+ * CVMSTATE_DISCARDED). Runs are maximal, clipped to the section,
+ * ascending. The state does not change. If a populate or set_private
+ * refuses, the replay stops there and its code is returned (the runs
+ * already told stay told: the listener asked for them). -ENOENT for a
+ * handle that is not a live listener of vm, -EINVAL for a state. */
+CVMSTATE_API int cvmstate_listener_replay(cvmstate_vm* vm, cvmstate_listener* listener, int state);
+
 /* ---- Persistent store ---------------------------------------------------- */
 
 /* Opens (creating) the RocksDB store in dir; one process at a time. */
@@ -188,6 +282,13 @@ typedef struct cvmstate_io {
   long (*write)(void* opaque, const void* buf, size_t size);
 } cvmstate_io;
 
+/* v1. cvmstate_io with a leading struct_size (sizeof(cvmstate_io_v1)). */
+typedef struct cvmstate_io_v1 {
+  size_t struct_size;
+  long (*read)(void* opaque, void* buf, size_t size);
+  long (*write)(void* opaque, const void* buf, size_t size);
+} cvmstate_io_v1;
+
 /* The source side. psk_file (optional) authenticates every frame; the
  * destination must use the same file. A key file that is a pipe or FIFO
  * must deliver its key within 30 s (-ETIMEDOUT); this holds for the
@@ -198,13 +299,67 @@ typedef struct cvmstate_io {
  * reading makes the call fail with -ETIMEDOUT instead of blocking. */
 CVMSTATE_API int cvmstate_source_new_fd(cvmstate_vm* vm, const char* vm_id, int fd, const char* psk_file,
                                         cvmstate_source** out);
-/* Sets how long each read and each frame's write of an fd source may wait.
- * timeout_seconds: finite, > 0 and at most CVMSTATE_MAX_TIMEOUT_SECONDS,
- * else -EINVAL; -EINVAL too for a source over callbacks (theirs are the
- * VMM's to bound). */
+/* Sets how long each read and each frame's write of an fd source (or, v1,
+ * one made with cvmstate_source_new_io_v1) may wait. timeout_seconds:
+ * finite, > 0 and at most CVMSTATE_MAX_TIMEOUT_SECONDS, else -EINVAL;
+ * -EINVAL too for a source made with the v0 cvmstate_source_new_io (its
+ * callbacks bound their own waits). */
 CVMSTATE_API int cvmstate_source_set_timeout(cvmstate_source* src, double timeout_seconds);
 CVMSTATE_API int cvmstate_source_new_io(cvmstate_vm* vm, const char* vm_id, const cvmstate_io* io, void* opaque,
                                         const char* psk_file, cvmstate_source** out);
+/* v1. As cvmstate_source_new_io; the source's timeout (120 s, or what
+ * cvmstate_source_set_timeout sets) then bounds each frame's reads and
+ * writes as the callbacks return: a frame whose callbacks together take
+ * longer fails with -ETIMEDOUT once one returns. A callback blocked in the
+ * VMM's own I/O is the VMM's to end (cancel takes effect when it returns). */
+CVMSTATE_API int cvmstate_source_new_io_v1(cvmstate_vm* vm, const char* vm_id, const cvmstate_io_v1* io,
+                                           void* opaque, const char* psk_file, cvmstate_source** out);
+
+/* v1: the VMM's own migration loop (QEMU's save_live_iterate shape):
+ *
+ *   cvmstate_source_pending(src, &pending);
+ *   while (pending > threshold) {          // the guest keeps converting
+ *     cvmstate_source_step(src, budget, &sent, &round_done);
+ *     ... send RAM pages, check the bandwidth, ...
+ *     cvmstate_source_pending(src, &pending);
+ *   }
+ *   ... pause the vCPUs ...
+ *   cvmstate_source_finish(src, &bytes);   // the rest, then the ack
+ *
+ * The first step (or cvmstate_source_begin) reads the destination's
+ * challenge and sends the hello: it waits for the destination. */
+
+/* v1. An estimate of the bytes the next round would send now, in *bytes:
+ * before the first step the whole state; during a round what it has left
+ * plus what changed since it began; between rounds what changed since the
+ * last one. Never below what the round then sends by more than one frame
+ * (zstd's expansion of an incompressible frame); usually above it, as it
+ * counts the runs uncompressed. Costs the runs it counts; sends nothing. */
+CVMSTATE_API int cvmstate_source_pending(const cvmstate_source* src, uint64_t* bytes);
+
+/* v1. Sends about max_bytes of the current round and returns: a new round
+ * of what changed since the previous one if none is in progress (round 0,
+ * the full state, at first). Frames are cut to what is left of the budget,
+ * and the call returns once it has sent max_bytes, so it overshoots by at
+ * most one small frame (a few hundred bytes), and always sends at least one
+ * frame. *sent (optional) gets the bytes sent, *round_done (optional) 1 if
+ * the round ended with this call (its last frame went), else 0. The guest
+ * may convert pages between steps: the changes go in the next round.
+ * cvmstate_source_begin and _round are this in one call; _finish first
+ * ends a round in progress. */
+CVMSTATE_API int cvmstate_source_step(cvmstate_source* src, uint64_t max_bytes, uint64_t* sent, int* round_done);
+
+/* v1. Stops the migration from any thread: the call blocked on the
+ * channel (a step, begin, round, finish, or set to wait) returns
+ * -ECANCELED at once (over callbacks: when the callback returns), and so
+ * does every later call on src but _free; the destination receives a
+ * stream that never ends and commits nothing. Once cvmstate_source_finish
+ * has sent the end frame, the destination decides: finish then still
+ * waits (within the timeout) for its answer and returns it, because a
+ * destination that acknowledged may already run the guest. Returns 0, or
+ * -EINVAL for NULL. */
+CVMSTATE_API int cvmstate_source_cancel(cvmstate_source* src);
+
 /* Round 0: the full state. *bytes (optional) gets the round's bytes. */
 CVMSTATE_API int cvmstate_source_begin(cvmstate_source* src, uint64_t* bytes);
 /* A pre-copy round: what changed since the previous round. The guest may
@@ -236,6 +391,23 @@ CVMSTATE_API int cvmstate_destination_new_fd(int fd, const char* psk_file, doubl
                                              cvmstate_destination** out);
 CVMSTATE_API int cvmstate_destination_new_io(const cvmstate_io* io, void* opaque, const char* psk_file,
                                              cvmstate_destination** out);
+/* v1. As cvmstate_destination_new_io, with a timeout bounding each frame's
+ * reads and each write as the callbacks return (see
+ * cvmstate_source_new_io_v1); timeout_seconds as for _new_fd. */
+CVMSTATE_API int cvmstate_destination_new_io_v1(const cvmstate_io_v1* io, void* opaque, const char* psk_file,
+                                                double timeout_seconds, cvmstate_destination** out);
+/* v1. Changes the destination's timeout (any destination, before or
+ * between calls): finite, > 0, at most CVMSTATE_MAX_TIMEOUT_SECONDS, else
+ * -EINVAL. A v0 _new_io destination has none until this is called. */
+CVMSTATE_API int cvmstate_destination_set_timeout(cvmstate_destination* dst, double timeout_seconds);
+/* v1. Stops the destination from any thread: a blocked receive returns
+ * -ECANCELED at once (over callbacks: when the callback returns), with
+ * nothing received or committed, and so does every later call but _free
+ * (an ack is not sent: the source's wait ends with its own timeout). A
+ * vm already committed with cvmstate_store_commit stays: delete it if the
+ * migration is abandoned. Returns 0, or -EINVAL for NULL. */
+CVMSTATE_API int cvmstate_destination_cancel(cvmstate_destination* dst);
+
 /* The largest state the destination accepts, in runs (default 4,194,304),
  * and with it its memory budget: the state being received may take 64
  * bytes a run of max_runs (plus 96 bytes per 256 MiB of guest); a stream

@@ -430,7 +430,7 @@ struct Harness {
 
   void Misc(int v) {
     const BlockModel& bm = blocks[v][R(blocks[v].size())];
-    const int k = static_cast<int>(R(6));
+    const int k = static_cast<int>(R(8));
     int rc = 0, want = 0;
     if (k == 0) {
       const uint64_t off = R(bm.bytes() + bm.page);
@@ -454,10 +454,43 @@ struct Harness {
       uint64_t d = 0;
       rc = cvmstate_vm_digest(P(50) ? nullptr : vms[v], P(50) ? nullptr : &d);
       want = rc == 0 ? 0 : -EINVAL;
-    } else {
+    } else if (k == 5) {
       rc = cvmstate_for_each_run(vms[v], bm.name.c_str(), 0, bm.page, P(50) ? 5 : -1, nullptr,
                                  nullptr);
       want = -EINVAL;
+    } else if (k == 6) {
+      // v1: the range's one state or mixed, against the model's pages.
+      const uint64_t off = R(bm.bytes() + 1), size = R(bm.bytes() - off + 2);
+      int state = -2;
+      rc = cvmstate_range_state(vms[v], bm.name.c_str(), off, size, &state);
+      if (size == 0 || size > bm.bytes() - off) {
+        want = -EINVAL;
+      } else {
+        int expect = -1;
+        for (uint64_t p = off / bm.page; p <= (off + size - 1) / bm.page; ++p) {
+          expect = expect == -1 || expect == bm.st[p] ? static_cast<int>(bm.st[p]) : static_cast<int>(CVMSTATE_MIXED);
+        }
+        ASSERT_EQ(state, expect) << bm.name << " " << off << "+" << size;
+      }
+    } else {
+      // v1: every block's bytes in each state, against the model.
+      uint32_t count = 0;
+      ASSERT_EQ(cvmstate_vm_block_count(vms[v], &count), 0);
+      ASSERT_EQ(count, blocks[v].size());
+      const uint32_t index = static_cast<uint32_t>(R(count + 1));
+      cvmstate_block_info info{};
+      info.struct_size = sizeof info;
+      rc = cvmstate_vm_block_info(vms[v], index, &info);
+      if (index == count) {
+        want = -ENOENT;
+      } else {
+        const BlockModel& b = blocks[v][index];
+        uint64_t bytes[3] = {0, 0, 0};
+        for (uint8_t st : b.st) bytes[st] += b.page;
+        ASSERT_EQ(std::string(info.name), b.name);
+        ASSERT_EQ(info.size, b.bytes());
+        for (int st = 0; st < 3; ++st) ASSERT_EQ(info.bytes[st], bytes[st]) << b.name << " state " << st;
+      }
     }
     ASSERT_EQ(rc, want) << "misc " << k << ": " << cvmstate_last_error();
     ExpectMessage(rc);

@@ -14,22 +14,15 @@
 #include <thread>
 #include <vector>
 
+#include "c_api_test_helpers.h"
 #include "cvmstate/cvmstate.h"
 #include "process.h"
 
 namespace {
 
-struct Vm {
-  Vm() : vm(cvmstate_vm_new()) {}
-  ~Vm() { cvmstate_vm_free(vm); }
-  cvmstate_vm* vm;
-};
-
-uint64_t Digest(const cvmstate_vm* vm) {
-  uint64_t d = 0;
-  EXPECT_EQ(cvmstate_vm_digest(vm, &d), 0);
-  return d;
-}
+using cvmstate::testing::Digest;
+using cvmstate::testing::ExpectNull;
+using cvmstate::testing::Vm;
 
 TEST(CApiTest, ErrnoComesFromTheStatusCodeNotItsMessage) {
   Vm v;
@@ -390,11 +383,6 @@ TEST(CApiTest, AFinishedMigrationSendsNothingMore) {
   cvmstate_source_free(src);
   close(sv[0]);
   close(sv[1]);
-}
-
-void ExpectNull(int rc, const char* name) {
-  EXPECT_EQ(rc, -EINVAL) << name << ": " << cvmstate_last_error();
-  EXPECT_EQ(std::string(cvmstate_last_error()), std::string("null argument: ") + name);
 }
 
 TEST(CApiTest, EveryNullArgumentIsInvalid) {
