@@ -72,8 +72,9 @@ class IoSink;
 class IoSource;
 }  // namespace
 
-// The channel of a source or destination: its two ends, and (over an fd
-// or v1 callbacks) the deadline and cancel token they obey.
+// The channel of a source or destination: its two ends, the deadline they
+// obey (over an fd or v1 callbacks; a v0 destination's once set) and the
+// cancel token.
 struct Channel {
   std::unique_ptr<cvmstate::ByteSink> sink;
   std::unique_ptr<cvmstate::ByteSource> source;
@@ -92,16 +93,16 @@ struct Channel {
 struct cvmstate_source {
   cvmstate_vm* vm;
   std::string id, key;
+  cvmstate::CancelToken cancel;  // before ch, whose ends point at it
   Channel ch;
-  cvmstate::CancelToken cancel;
   std::unique_ptr<cvmstate::MigrationSource> src;  // made with the source; opened by the first step
   bool finished = false;  // cvmstate_source_finish was called: nothing more is sent
   bool broken = false;    // a call failed mid-stream: the stream cannot go on
 };
 
 struct cvmstate_destination {
+  cvmstate::CancelToken cancel;  // before ch, whose ends point at it
   Channel ch;
-  cvmstate::CancelToken cancel;
   cvmstate::IncomingOptions options;
   // The library's incoming sequence; v0 callers run its steps one by one
   // (receive, cvmstate_store_commit, their own listeners, ack).
@@ -304,6 +305,7 @@ class IoSink final : public cvmstate::ByteSink {
                                 " writing to the migration channel");
       }
       const long n = io_.write(opaque_, d.data(), d.size());
+      if (cancel_ != nullptr && cancel_->cancelled()) return cancel_->Check();
       if (n <= 0) return Status::IOError("the migration channel's write failed (" + std::to_string(n) + ")");
       d.remove_prefix(std::min(d.size(), static_cast<size_t>(n)));
     }
@@ -331,6 +333,8 @@ class IoSource final : public cvmstate::ByteSource {
         return Status::TimedOut("timed out after " + cvmstate::FormatSeconds(timeout_) + " waiting for the next frame");
       }
       const long got = io_.read(opaque_, p, n);
+      // Cancelled while the callback ran: what it returned is not used.
+      if (cancel_ != nullptr && cancel_->cancelled()) return cancel_->Check();
       if (got == 0) return Status::IOError("the stream ended in the middle of a frame or before its end frame");
       if (got < 0) return Status::IOError("the migration channel's read failed (" + std::to_string(got) + ")");
       const size_t took = std::min(n, static_cast<size_t>(got));

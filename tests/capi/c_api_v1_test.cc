@@ -332,6 +332,42 @@ TEST(CApiV1Test, AnIoDestinationHasATimeoutAndACancel) {
   }
 }
 
+// A VMM channel that is cancelled while its eighth read runs (as another
+// thread would), then delivers that byte: the last of a frame header that
+// would otherwise be parsed (and refused as corrupt).
+struct CancelledWhileReading {
+  cvmstate_source* src = nullptr;
+  int reads = 0;
+  static long Read(void* opaque, void* buf, size_t) {
+    auto* c = static_cast<CancelledWhileReading*>(opaque);
+    if (++c->reads == 8) {
+      EXPECT_EQ(cvmstate_source_cancel(c->src), 0);
+    }
+    static_cast<char*>(buf)[0] = 'x';
+    return 1;
+  }
+  static long Write(void*, const void*, size_t size) { return static_cast<long>(size); }
+};
+
+TEST(CApiV1Test, ACallbackSourceIsCancelledAsSoonAsItsCallbackReturns) {
+  Vm v;
+  ASSERT_EQ(cvmstate_vm_add_block(v.vm, "ram", 1 << 20, 4096, CVMSTATE_SHARED), 0);
+  // v0 and v1 callback sources alike: -ECANCELED, not the corrupt header.
+  for (bool v1 : {false, true}) {
+    CancelledWhileReading c;
+    if (v1) {
+      const cvmstate_io_v1 io = {sizeof(cvmstate_io_v1), CancelledWhileReading::Read, CancelledWhileReading::Write};
+      ASSERT_EQ(cvmstate_source_new_io_v1(v.vm, "g", &io, &c, nullptr, &c.src), 0);
+    } else {
+      const cvmstate_io io = {CancelledWhileReading::Read, CancelledWhileReading::Write};
+      ASSERT_EQ(cvmstate_source_new_io(v.vm, "g", &io, &c, nullptr, &c.src), 0);
+    }
+    EXPECT_EQ(cvmstate_source_step(c.src, 1 << 20, nullptr, nullptr), -ECANCELED) << cvmstate_last_error();
+    EXPECT_EQ(c.reads, 8) << "read on after the cancel";
+    cvmstate_source_free(c.src);
+  }
+}
+
 TEST(CApiV1Test, BlocksAreListedWithTheirBytesInEachState) {
   Vm v;
   ASSERT_EQ(cvmstate_vm_add_block(v.vm, "ram", 1 << 30, 4096, CVMSTATE_PRIVATE), 0);

@@ -185,3 +185,30 @@ fn checkpoints_load_back_equal() {
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+struct Panicky;
+
+impl DmaListener for Panicky {
+    fn populate(&mut self, _offset: u64, _size: u64) -> Result<(), i32> {
+        panic!("a bug in the VMM's listener");
+    }
+    fn discard(&mut self, _offset: u64, _size: u64) {}
+}
+
+#[test]
+fn a_panicking_listener_refuses_and_its_panic_comes_back() {
+    let vm = Vm::new().unwrap();
+    vm.add_block("ram", GIB, 4096, PageState::Private).unwrap();
+    vm.register_dma_listener("ram", 0, GIB, Panicky).unwrap();
+    let digest = vm.digest().unwrap();
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = vm.convert("ram", 0, 4096, PageState::Shared);
+    }));
+    let payload = caught.unwrap_err();
+    assert_eq!(payload.downcast_ref::<&str>(), Some(&"a bug in the VMM's listener"));
+    // The panic was a refusal at the C boundary: nothing changed, and the
+    // vm is usable again.
+    assert_eq!(vm.digest().unwrap(), digest);
+    assert_eq!(vm.state_at("ram", 0).unwrap(), PageState::Private);
+    vm.convert("ram", 0, 4096, PageState::Discarded).unwrap();
+}
