@@ -308,10 +308,11 @@ CVMSTATE_API int cvmstate_source_set_timeout(cvmstate_source* src, double timeou
 CVMSTATE_API int cvmstate_source_new_io(cvmstate_vm* vm, const char* vm_id, const cvmstate_io* io, void* opaque,
                                         const char* psk_file, cvmstate_source** out);
 /* v1. As cvmstate_source_new_io; the source's timeout (120 s, or what
- * cvmstate_source_set_timeout sets) then bounds each frame's reads and
- * writes as the callbacks return: a frame whose callbacks together take
- * longer fails with -ETIMEDOUT once one returns. A callback blocked in the
- * VMM's own I/O is the VMM's to end (cancel takes effect when it returns). */
+ * cvmstate_source_set_timeout sets) then bounds each read (a frame's
+ * header, its body) and each frame's write, checked as the callbacks
+ * return: one that the callbacks take longer over fails with -ETIMEDOUT
+ * once one returns. A callback blocked in the VMM's own I/O is the VMM's to
+ * end (a cancel takes effect when it returns, and its bytes are unused). */
 CVMSTATE_API int cvmstate_source_new_io_v1(cvmstate_vm* vm, const char* vm_id, const cvmstate_io_v1* io,
                                            void* opaque, const char* psk_file, cvmstate_source** out);
 
