@@ -267,8 +267,7 @@ uint64_t MigrationSource::PendingBytes() const {
 }
 
 Result<RoundStats> MigrationSource::SendRound() {
-  Status ok = CheckBlocks();
-  if (!ok.ok()) return ok;
+  // Step checks the blocks itself, on every call.
   for (;;) {
     auto r = Step(UINT64_MAX);
     if (!r.ok()) return r.status();
