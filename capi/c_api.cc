@@ -237,6 +237,17 @@ int CheckTimeout(double timeout_seconds) {
 // the acknowledgement) and each write, until cvmstate_source_set_timeout.
 constexpr double kSourceFdTimeoutSeconds = 120;
 
+// A C listener's answer to a call it may refuse: 0 accepts; anything else
+// refuses, and its code (a positive one as -EPERM) is what the call returns.
+Status Answer(int r, cvmstate_vm* vm, const char* kind) {
+  if (r == 0) return Status::OK();
+  vm->listener_error = r < 0 ? r : -EPERM;
+  std::string message = "the ";
+  message += kind;
+  message += " listener returned " + std::to_string(r);
+  return Status::Refused(message);
+}
+
 class CDmaListener final : public cvmstate::DmaMappingListener {
  public:
   CDmaListener(const cvmstate_dma_ops& ops, void* opaque, cvmstate_vm* vm) : ops_(ops), opaque_(opaque), vm_(vm) {}
@@ -244,10 +255,7 @@ class CDmaListener final : public cvmstate::DmaMappingListener {
   uint64_t granularity() const override { return ops_.granularity; }
   bool accepts_double_discard() const override { return ops_.double_discard_supported != 0; }
   Status NotifyPopulate(uint64_t offset, uint64_t size) override {
-    const int r = ops_.populate ? ops_.populate(opaque_, offset, size) : 0;
-    if (r == 0) return Status::OK();
-    vm_->listener_error = r < 0 ? r : -EPERM;
-    return Status::Refused("the DMA listener returned " + std::to_string(r));
+    return Answer(ops_.populate ? ops_.populate(opaque_, offset, size) : 0, vm_, "DMA");
   }
   void NotifyDiscard(uint64_t offset, uint64_t size) override {
     if (ops_.discard) ops_.discard(opaque_, offset, size);
@@ -265,10 +273,7 @@ class CAttrListener final : public cvmstate::MemoryAttributeListener {
   std::string name() const override { return "memory-attributes (C)"; }
   uint64_t granularity() const override { return ops_.granularity; }
   Status SetPrivate(uint64_t offset, uint64_t size) override {
-    const int r = ops_.set_private ? ops_.set_private(opaque_, offset, size) : 0;
-    if (r == 0) return Status::OK();
-    vm_->listener_error = r < 0 ? r : -EPERM;
-    return Status::Refused("the memory-attribute listener returned " + std::to_string(r));
+    return Answer(ops_.set_private ? ops_.set_private(opaque_, offset, size) : 0, vm_, "memory-attribute");
   }
   void ClearPrivate(uint64_t offset, uint64_t size) override {
     if (ops_.clear_private) ops_.clear_private(opaque_, offset, size);
@@ -276,6 +281,25 @@ class CAttrListener final : public cvmstate::MemoryAttributeListener {
 
  private:
   cvmstate_attr_ops ops_;
+  void* opaque_;
+  cvmstate_vm* vm_;
+};
+
+class CDiscardListener final : public cvmstate::DiscardListener {
+ public:
+  CDiscardListener(const cvmstate_discard_ops_v1& ops, void* opaque, cvmstate_vm* vm)
+      : ops_(ops), opaque_(opaque), vm_(vm) {}
+  std::string name() const override { return "discard (C)"; }
+  uint64_t granularity() const override { return ops_.granularity; }
+  Status NotifyPopulate(uint64_t offset, uint64_t size) override {
+    return Answer(ops_.populate ? ops_.populate(opaque_, offset, size) : 0, vm_, "discard");
+  }
+  void NotifyDiscard(uint64_t offset, uint64_t size) override {
+    if (ops_.discard) ops_.discard(opaque_, offset, size);
+  }
+
+ private:
+  cvmstate_discard_ops_v1 ops_;
   void* opaque_;
   cvmstate_vm* vm_;
 };
@@ -657,6 +681,18 @@ int cvmstate_register_attr_listener_v1(cvmstate_vm* vm, const char* block, uint6
   });
 }
 
+int cvmstate_register_discard_listener_v1(cvmstate_vm* vm, const char* block, uint64_t offset, uint64_t size,
+                                          const cvmstate_discard_ops_v1* ops_v1, void* opaque,
+                                          cvmstate_listener** out) {
+  return Guard([&] {
+    if (ops_v1 == nullptr) return NullArgument("ops");
+    cvmstate_discard_ops_v1 ops;
+    const int r = ReadSized(ops_v1, sizeof(cvmstate_discard_ops_v1), "ops", &ops);
+    if (r != 0) return r;
+    return Register<cvmstate_discard_ops_v1, CDiscardListener>(vm, block, offset, size, &ops, opaque, out);
+  });
+}
+
 int cvmstate_listener_replay(cvmstate_vm* vm, cvmstate_listener* l, int state) {
   return Guard([&] {
     if (vm == nullptr) return NullArgument("vm");
@@ -666,25 +702,14 @@ int cvmstate_listener_replay(cvmstate_vm* vm, cvmstate_listener* l, int state) {
     }
     if (!ValidState(state)) return Fail(-EINVAL, "invalid state " + std::to_string(state));
     const auto want = static_cast<cvmstate::PageState>(state);
-    auto* dma = dynamic_cast<CDmaListener*>(l->impl.get());
-    auto* attr = dynamic_cast<CAttrListener*>(l->impl.get());
     vm->listener_error = 0;
     Status refused;
+    // Each run is told as a change to its own state: every listener kind
+    // maps that to its populate / set_private or discard / clear_private
+    // (the `from` state is not read by any of them).
     l->block->ForEachRun(l->offset, l->size, [&](const cvmstate::ByteRun& r) {
       if (r.state != want) return true;
-      if (dma != nullptr) {
-        if (want == cvmstate::PageState::kShared) {
-          refused = dma->NotifyPopulate(r.offset, r.length);
-        } else {
-          dma->NotifyDiscard(r.offset, r.length);
-        }
-      } else if (attr != nullptr) {
-        if (want == cvmstate::PageState::kPrivate) {
-          refused = attr->SetPrivate(r.offset, r.length);
-        } else {
-          attr->ClearPrivate(r.offset, r.length);
-        }
-      }
+      refused = l->impl->OnChange(r.offset, r.length, r.state, want);
       return refused.ok();
     });
     if (refused.ok()) return 0;

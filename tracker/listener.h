@@ -112,6 +112,28 @@ class MemoryAttributeListener : public StateListener {
   }
 };
 
+// A discard listener, as the memory backend of a VMM that frees what the
+// guest gives up (QEMU's RamDiscardManager under a balloon or virtio-mem):
+// it cares whether a page has backing (shared or private) or none
+// (discarded), and frees the memory of pages that lose it.
+class DiscardListener : public StateListener {
+ public:
+  // [offset, offset+size) gets backing again (leaves discarded); may refuse
+  // (no memory to back it).
+  virtual Status NotifyPopulate(uint64_t offset, uint64_t size) = 0;
+  // [offset, offset+size) became discarded: its backing may be freed.
+  virtual void NotifyDiscard(uint64_t offset, uint64_t size) = 0;
+
+  std::string name() const override { return "discard"; }
+  int View(PageState s) const final { return s != PageState::kDiscarded; }
+  bool MayRefuse(PageState, PageState to) const final { return to != PageState::kDiscarded; }
+  Status OnChange(uint64_t offset, uint64_t size, PageState, PageState to) final {
+    if (to != PageState::kDiscarded) return NotifyPopulate(offset, size);
+    NotifyDiscard(offset, size);
+    return Status::OK();
+  }
+};
+
 }  // namespace cvmstate
 
 #endif  // CVMSTATE_LISTENER_H_

@@ -29,7 +29,8 @@
  *
  * Error codes, one per kind of failure (never derived from a message):
  * Versions: 0.1 is the v0 API; 0.2 adds the v1 calls (marked "v1" below),
- * every v0 call unchanged in source and binary. Structs that may grow
+ * every v0 call unchanged in source and binary; 0.3 adds the discard
+ * listener (cvmstate_register_discard_listener_v1). Structs that may grow
  * carry a leading struct_size the caller sets to sizeof (the _v1 structs,
  * cvmstate_block_info): the library reads or writes only that many bytes,
  * and refuses (-EINVAL) a size below the first version's, or a larger
@@ -59,7 +60,7 @@ extern "C" {
 #endif
 
 #define CVMSTATE_VERSION_MAJOR 0
-#define CVMSTATE_VERSION_MINOR 2
+#define CVMSTATE_VERSION_MINOR 3
 #define CVMSTATE_VERSION_PATCH 0
 #define CVMSTATE_VERSION ((CVMSTATE_VERSION_MAJOR << 16) | (CVMSTATE_VERSION_MINOR << 8) | CVMSTATE_VERSION_PATCH)
 
@@ -157,8 +158,9 @@ CVMSTATE_API int cvmstate_vm_block_info(const cvmstate_vm* vm, uint32_t index, c
 /* The order of callbacks within one cvmstate_convert (fixed, and the same
  * for every block):
  *  1. The calls a listener may refuse, while the state is still the old
- *     one: populate (pages becoming shared) and set_private (pages becoming
- *     private), listener by listener in registration order, each listener's
+ *     one: populate (pages becoming shared; for a discard listener, pages
+ *     leaving discarded) and set_private (pages becoming private),
+ *     listener by listener in registration order, each listener's
  *     runs in ascending order. So a KVM attribute listener registered before
  *     a VFIO one sets the private attribute before VFIO maps anything, and
  *     the other way round if registered the other way round.
@@ -166,12 +168,13 @@ CVMSTATE_API int cvmstate_vm_block_info(const cvmstate_vm* vm, uint32_t index, c
  *     its inverse (discard, clear_private), listeners in reverse order, and
  *     cvmstate_convert returns the refusal; nothing else is called.
  *  3. The state changes.
- *  4. The calls that cannot fail: discard (pages no longer shared) and
- *     clear_private (pages no longer private), in registration order,
- *     ascending.
+ *  4. The calls that cannot fail: discard (pages no longer shared; for a
+ *     discard listener, pages now discarded) and clear_private (pages no
+ *     longer private), in registration order, ascending.
  * A run changing between private and discarded is not told to a DMA
  * listener (both are "not shared" to it); one between shared and
- * discarded is not told to an attribute listener. */
+ * discarded is not told to an attribute listener; one between shared and
+ * private is not told to a discard listener. */
 
 /* A DMA-mapping listener (as QEMU's RamDiscardListener / VFIO): told when
  * pages become shared (populate: may refuse with a negative errno) and stop
@@ -235,14 +238,40 @@ CVMSTATE_API int cvmstate_register_attr_listener_v1(cvmstate_vm* vm, const char*
                                                     uint64_t size, const cvmstate_attr_ops_v1* ops, void* opaque,
                                                     cvmstate_listener** out);
 
+/* v1 (0.3). A discard listener: the VMM's memory backend, which frees the
+ * memory of pages the guest gives up (as QEMU's RamDiscardManager under a
+ * balloon or virtio-mem). discard: [offset, offset+size) became discarded
+ * (from shared or private), so its backing may be freed, for example with
+ * fallocate(FALLOC_FL_PUNCH_HOLE) on a memfd; cannot fail. populate: the
+ * range leaves discarded (for shared or private) and needs backing again;
+ * may refuse with a negative errno (-ENOMEM), which rolls the conversion
+ * back. Registering replays populate for the section's shared and private
+ * runs (use cvmstate_listener_replay(vm, l, CVMSTATE_DISCARDED) to have
+ * the discarded ones freed, as a destination does before it resumes the
+ * guest); unregistering tells discard for them, as for a DMA listener: the
+ * section's backing goes with the listener. Otherwise as the DMA listener:
+ * a NULL callback accepts and ignores; granularity 0 is the page size. */
+typedef struct cvmstate_discard_ops_v1 {
+  size_t struct_size; /* sizeof(cvmstate_discard_ops_v1) */
+  int (*populate)(void* opaque, uint64_t offset, uint64_t size);
+  void (*discard)(void* opaque, uint64_t offset, uint64_t size);
+  uint64_t granularity;
+} cvmstate_discard_ops_v1;
+
+CVMSTATE_API int cvmstate_register_discard_listener_v1(cvmstate_vm* vm, const char* block, uint64_t offset,
+                                                       uint64_t size, const cvmstate_discard_ops_v1* ops,
+                                                       void* opaque, cvmstate_listener** out);
+
 /* v1. Tells the listener again about the runs of its section in `state`,
  * as registering did (QEMU's replay_populated and replay_discarded): a DMA
  * listener gets populate for each shared run (state CVMSTATE_SHARED) or
  * discard for each run in `state` (CVMSTATE_PRIVATE or CVMSTATE_DISCARDED);
  * an attribute listener gets set_private for each private run or
  * clear_private for each run in `state` (CVMSTATE_SHARED or
- * CVMSTATE_DISCARDED). Runs are maximal, clipped to the section,
- * ascending. The state does not change. If a populate or set_private
+ * CVMSTATE_DISCARDED); a discard listener gets discard for each discarded
+ * run (state CVMSTATE_DISCARDED) or populate for each run in `state`
+ * (CVMSTATE_SHARED or CVMSTATE_PRIVATE). Runs are maximal, clipped to the
+ * section, ascending. The state does not change. If a populate or set_private
  * refuses, the replay stops there and its code is returned (the runs
  * already told stay told: the listener asked for them). -ENOENT for a
  * handle that is not a live listener of vm, -EINVAL for a state. */

@@ -517,6 +517,62 @@ TEST(CApiV1Test, ListenersAreReplayedOnDemandAndCalledInTheDocumentedOrder) {
   ASSERT_EQ(cvmstate_unregister_listener(v.vm, a), 0);
 }
 
+// A discard listener (0.3) is told when pages lose their backing and when
+// they get it back, never of shared <-> private; a refused populate rolls
+// the conversion back together with the other listeners' calls.
+TEST(CApiV1Test, ADiscardListenerIsToldWhenBackingGoesAndComesBack) {
+  Vm v;
+  ASSERT_EQ(cvmstate_vm_add_block(v.vm, "ram", 64 << 12, 4096, CVMSTATE_DISCARDED), 0);
+  ASSERT_EQ(cvmstate_convert(v.vm, "ram", 8 << 12, 8 << 12, CVMSTATE_PRIVATE), 0);
+  ASSERT_EQ(cvmstate_convert(v.vm, "ram", 16 << 12, 4 << 12, CVMSTATE_SHARED), 0);
+  Log log;
+  const cvmstate_discard_ops_v1 ops = {sizeof ops, Log::Populate, Log::Discard, 0};
+  const cvmstate_attr_ops_v1 attr = {sizeof attr, Log::SetPrivate, Log::ClearPrivate, 0};
+  cvmstate_listener *l = nullptr, *a = nullptr;
+  ASSERT_EQ(cvmstate_register_attr_listener_v1(v.vm, "ram", 0, 64 << 12, &attr, &log, &a), 0);
+  log.calls.clear();
+  ASSERT_EQ(cvmstate_register_discard_listener_v1(v.vm, "ram", 0, 64 << 12, &ops, &log, &l), 0)
+      << cvmstate_last_error();
+  // Registering: populate for the backed runs, private and shared merged.
+  EXPECT_EQ(log.calls, (std::vector<std::string>{"populate 8+12"}));
+  log.calls.clear();
+  ASSERT_EQ(cvmstate_listener_replay(v.vm, l, CVMSTATE_DISCARDED), 0);
+  EXPECT_EQ(log.calls, (std::vector<std::string>{"discard 0+8", "discard 20+44"}));
+  log.calls.clear();
+  ASSERT_EQ(cvmstate_listener_replay(v.vm, l, CVMSTATE_SHARED), 0);
+  EXPECT_EQ(log.calls, (std::vector<std::string>{"populate 16+4"}));
+  // Private -> shared is not its business.
+  log.calls.clear();
+  ASSERT_EQ(cvmstate_convert(v.vm, "ram", 8 << 12, 2 << 12, CVMSTATE_SHARED), 0);
+  EXPECT_EQ(log.calls, (std::vector<std::string>{"clear_private 8+2"}));
+  // Private and shared -> discarded: one discard after the state changed.
+  log.calls.clear();
+  ASSERT_EQ(cvmstate_convert(v.vm, "ram", 6 << 12, 12 << 12, CVMSTATE_DISCARDED), 0);
+  EXPECT_EQ(log.calls, (std::vector<std::string>{"clear_private 10+6", "discard 8+10"}));
+  // Discarded -> private: populate (refusable) first, in registration order
+  // after the attribute listener's set_private; a refusal undoes both.
+  log.calls.clear();
+  log.refuse_populate = 1;
+  EXPECT_EQ(cvmstate_convert(v.vm, "ram", 0, 4 << 12, CVMSTATE_PRIVATE), -ENOSPC);
+  EXPECT_EQ(log.calls, (std::vector<std::string>{"set_private 0+4", "populate 0+4", "clear_private 0+4"}));
+  int state = -1;
+  ASSERT_EQ(cvmstate_range_state(v.vm, "ram", 0, 4 << 12, &state), 0);
+  EXPECT_EQ(state, CVMSTATE_DISCARDED);
+  log.calls.clear();
+  ASSERT_EQ(cvmstate_convert(v.vm, "ram", 0, 4 << 12, CVMSTATE_PRIVATE), 0);
+  EXPECT_EQ(log.calls, (std::vector<std::string>{"set_private 0+4", "populate 0+4"}));
+  // Unregistering withdraws the backed runs.
+  log.calls.clear();
+  ASSERT_EQ(cvmstate_unregister_listener(v.vm, l), 0);
+  EXPECT_EQ(log.calls, (std::vector<std::string>{"discard 0+4", "discard 18+2"}));
+  ASSERT_EQ(cvmstate_unregister_listener(v.vm, a), 0);
+  // Its struct is sized like the others.
+  cvmstate_discard_ops_v1 small = ops;
+  small.struct_size = sizeof(size_t);
+  EXPECT_EQ(cvmstate_register_discard_listener_v1(v.vm, "ram", 0, 64 << 12, &small, &log, &l), -EINVAL);
+  ExpectNull(cvmstate_register_discard_listener_v1(v.vm, "ram", 0, 64 << 12, nullptr, &log, &l), "ops");
+}
+
 TEST(CApiV1Test, SizedStructsAreCheckedBySize) {
   Vm v;
   ASSERT_EQ(cvmstate_vm_add_block(v.vm, "ram", 1 << 20, 4096, CVMSTATE_SHARED), 0);

@@ -19,6 +19,7 @@
 #include "migration/tcp.h"
 
 #include "cvmstate_test.h"
+#include "netns.h"
 
 namespace cvmstate::testing {
 namespace {
@@ -189,34 +190,16 @@ TEST_F(CrossHostTest, SilentSenderTimesOut) {
 
 // Two hosts: network namespaces joined by a veth pair.
 TEST_F(CrossHostTest, BetweenNetworkNamespaces) {
-  if (geteuid() != 0 || system("ip -V >/dev/null 2>&1") != 0) GTEST_SKIP() << "needs root and iproute2";
-  const std::string a = "cvmA" + std::to_string(getpid()), b = "cvmB" + std::to_string(getpid());
-  auto sh = [](const std::string& c) { return system((c + " >/dev/null 2>&1").c_str()); };
-  if (sh("ip netns add " + a) != 0) GTEST_SKIP() << "cannot create network namespaces here";
-  sh("ip netns add " + b);
-  bool ok = sh("ip link add va" + std::to_string(getpid() % 10000) + " type veth peer name vb" +
-               std::to_string(getpid() % 10000)) == 0;
-  const std::string va = "va" + std::to_string(getpid() % 10000), vb = "vb" + std::to_string(getpid() % 10000);
-  ok = ok && sh("ip link set " + va + " netns " + a) == 0 && sh("ip link set " + vb + " netns " + b) == 0 &&
-       sh("ip -n " + a + " addr add 192.0.2.1/24 dev " + va) == 0 &&
-       sh("ip -n " + b + " addr add 192.0.2.2/24 dev " + vb) == 0 && sh("ip -n " + a + " link set " + va + " up") == 0 &&
-       sh("ip -n " + b + " link set " + vb + " up") == 0 && sh("ip -n " + a + " link set lo up") == 0 &&
-       sh("ip -n " + b + " link set lo up") == 0;
-  if (!ok) {
-    sh("ip netns del " + a);
-    sh("ip netns del " + b);
-    GTEST_SKIP() << "cannot set up a veth pair between namespaces here";
-  }
-  BackgroundProcess recv({"/usr/bin/ip", "netns", "exec", b, CvmstateBinary(), "migrate", "recv", "--listen",
-                          "192.0.2.2:7411", "--db", dir_ + "/dst"},
+  NetnsPair hosts;
+  if (!hosts.ok()) GTEST_SKIP() << hosts.why();
+  BackgroundProcess recv(NetnsPair::In(hosts.b(), {CvmstateBinary(), "migrate", "recv", "--listen", "192.0.2.2:7411",
+                                                   "--db", dir_ + "/dst"}),
                          dir_ + "/ns.out", dir_ + "/ns.err");
   ASSERT_TRUE(recv.WaitForStderr("listening on", 10000)) << recv.Stderr();
-  BackgroundProcess send({"/usr/bin/ip", "netns", "exec", a, CvmstateBinary(), "migrate", "send", "--db",
-                          dir_ + "/src", "--vm", "g", "--to", "192.0.2.2:7411", "--trace", dir_ + "/live.trace"},
+  BackgroundProcess send(NetnsPair::In(hosts.a(), {CvmstateBinary(), "migrate", "send", "--db", dir_ + "/src", "--vm",
+                                                   "g", "--to", "192.0.2.2:7411", "--trace", dir_ + "/live.trace"}),
                          dir_ + "/nss.out", dir_ + "/nss.err");
   ProcessResult s = send.Wait(), r = recv.Wait();
-  sh("ip netns del " + a);
-  sh("ip netns del " + b);
   ASSERT_EQ(s.exit_code, 0) << s.err;
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out, "ready\n");

@@ -100,6 +100,30 @@ std::vector<uint8_t> States(const BlockTracker& b) {
   return v;
 }
 
+// A discard listener whose model is the set of pages with backing: never
+// told to back a backed page or to free an unbacked one.
+class DiscardModel : public DiscardListener {
+ public:
+  explicit DiscardModel(uint64_t pages) : backed(pages, 0) {}
+  Status NotifyPopulate(uint64_t offset, uint64_t size) override {
+    if (refuse_after >= 0 && refuse_after-- == 0) return Status::Refused("no memory");
+    for (uint64_t p = offset / kPage; p < (offset + size) / kPage; ++p) {
+      if (backed[p]) ++violations;
+      backed[p] = 1;
+    }
+    return Status::OK();
+  }
+  void NotifyDiscard(uint64_t offset, uint64_t size) override {
+    for (uint64_t p = offset / kPage; p < (offset + size) / kPage; ++p) {
+      if (!backed[p]) ++violations;
+      backed[p] = 0;
+    }
+  }
+  std::vector<uint8_t> backed;
+  int refuse_after = -1;
+  int violations = 0;
+};
+
 TEST(ListenerTest, TransactionsAgainstModels) {
   for (uint64_t seed = 1; seed <= 300; ++seed) {
     std::mt19937_64 rng(seed);
@@ -112,7 +136,9 @@ TEST(ListenerTest, TransactionsAgainstModels) {
     ModelListener general(pages);
     DmaModel dma(pages, rng() % 2);
     AttrModel attr(pages);
+    DiscardModel backing(pages);
     ASSERT_TRUE(b.RegisterListener(&dma, 0, pages * kPage).ok());
+    ASSERT_TRUE(b.RegisterListener(&backing, 0, pages * kPage).ok());
     ASSERT_TRUE(b.RegisterListener(&general, s0 * kPage, (s1 - s0) * kPage).ok());
     ASSERT_TRUE(b.RegisterListener(&attr, 0, pages * kPage).ok());
     ASSERT_FALSE(b.RegisterListener(&attr, 0, pages * kPage).ok());  // twice
@@ -120,34 +146,39 @@ TEST(ListenerTest, TransactionsAgainstModels) {
       const uint64_t a = rng() % pages, n = 1 + rng() % std::min<uint64_t>(pages - a, rng() % 2 ? 8 : pages);
       const PageState to = static_cast<PageState>(rng() % 3);
       // One listener refuses now and then.
-      const int who = static_cast<int>(rng() % 6);
+      const int who = static_cast<int>(rng() % 8);
       if (who == 0) general.refuse_after = static_cast<int>(rng() % 3);
       if (who == 1) dma.refuse_after = static_cast<int>(rng() % 3);
       if (who == 2) attr.refuse_after = static_cast<int>(rng() % 3);
+      if (who == 3) backing.refuse_after = static_cast<int>(rng() % 3);
       const std::vector<uint8_t> before = States(b);
       const auto g0 = general.view_;
       const auto d0 = dma.mapped;
       const auto a0 = attr.priv;
+      const auto b0 = backing.backed;
       dma.last_calls.clear();
       Status s = b.Convert(a * kPage, n * kPage, to);
-      general.refuse_after = dma.refuse_after = attr.refuse_after = -1;
+      general.refuse_after = dma.refuse_after = attr.refuse_after = backing.refuse_after = -1;
       if (!s.ok()) {
         ASSERT_EQ(s.code(), Status::Code::kRefused) << s.message();
         ASSERT_EQ(States(b), before) << "seed " << seed << " step " << step;
         ASSERT_EQ(Norm(general.view_), Norm(g0));
         ASSERT_EQ(dma.mapped, d0);
         ASSERT_EQ(attr.priv, a0);
+        ASSERT_EQ(backing.backed, b0);
         continue;
       }
       const std::vector<uint8_t> now = States(b);
       for (uint64_t p = 0; p < pages; ++p) {
         ASSERT_EQ(dma.mapped[p], now[p] == 0) << "seed " << seed << " step " << step << " page " << p;
         ASSERT_EQ(attr.priv[p], now[p] == 1) << "seed " << seed << " page " << p;
+        ASSERT_EQ(backing.backed[p], now[p] != 2) << "seed " << seed << " page " << p;
         if (p >= s0 && p < s1) {
           ASSERT_EQ(Norm(general.view_)[p], now[p]) << "seed " << seed << " page " << p;
         }
       }
       ASSERT_EQ(dma.violations, 0);
+      ASSERT_EQ(backing.violations, 0);
       // Per maximal run: no two calls of one kind touch or overlap.
       for (size_t i = 1; i < dma.last_calls.size(); ++i) {
         const auto& p = dma.last_calls[i - 1];
@@ -159,6 +190,9 @@ TEST(ListenerTest, TransactionsAgainstModels) {
     // Unregistering withdraws everything.
     ASSERT_TRUE(b.UnregisterListener(&dma).ok());
     ASSERT_TRUE(b.UnregisterListener(&attr).ok());
+    ASSERT_TRUE(b.UnregisterListener(&backing).ok());
+    EXPECT_EQ(std::count(backing.backed.begin(), backing.backed.end(), 1), 0);
+    EXPECT_EQ(backing.violations, 0);
     EXPECT_EQ(std::count(dma.mapped.begin(), dma.mapped.end(), 1), 0);
     EXPECT_EQ(std::count(attr.priv.begin(), attr.priv.end(), 1), 0);
     EXPECT_EQ(b.UnregisterListener(&dma).code(), Status::Code::kNotFound);

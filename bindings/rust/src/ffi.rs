@@ -58,6 +58,14 @@ pub struct cvmstate_attr_ops_v1 {
 }
 
 #[repr(C)]
+pub struct cvmstate_discard_ops_v1 {
+    pub struct_size: usize,
+    pub populate: Option<unsafe extern "C" fn(*mut c_void, u64, u64) -> c_int>,
+    pub discard: Option<unsafe extern "C" fn(*mut c_void, u64, u64)>,
+    pub granularity: u64,
+}
+
+#[repr(C)]
 pub struct cvmstate_io_v1 {
     pub struct_size: usize,
     pub read: Option<unsafe extern "C" fn(*mut c_void, *mut c_void, usize) -> c_long>,
@@ -109,6 +117,15 @@ extern "C" {
         offset: u64,
         size: u64,
         ops: *const cvmstate_attr_ops_v1,
+        opaque: *mut c_void,
+        out: *mut *mut cvmstate_listener,
+    ) -> c_int;
+    pub fn cvmstate_register_discard_listener_v1(
+        vm: *mut cvmstate_vm,
+        block: *const c_char,
+        offset: u64,
+        size: u64,
+        ops: *const cvmstate_discard_ops_v1,
         opaque: *mut c_void,
         out: *mut *mut cvmstate_listener,
     ) -> c_int;

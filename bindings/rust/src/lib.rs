@@ -2,7 +2,8 @@
 //! of confidential VMs (the C API of `include/cvmstate/cvmstate.h`, v1).
 //!
 //! * [`Vm`]: the page state of a VM's RAM blocks, with listeners
-//!   ([`DmaListener`], [`AttrListener`]) told of every conversion.
+//!   ([`DmaListener`], [`AttrListener`], [`DiscardListener`]) told of every
+//!   conversion.
 //! * [`Store`]: durable, incremental checkpoints (RocksDB).
 //! * [`Source`] and [`Destination`]: live migration over a file descriptor
 //!   or anything that is `Read + Write`, step by step inside a VMM's own
@@ -26,7 +27,7 @@ mod store;
 mod vm;
 
 pub use error::{Error, Result};
-pub use listener::{AttrListener, DmaListener, ListenerId};
+pub use listener::{AttrListener, DiscardListener, DmaListener, ListenerId};
 pub use migration::{Canceller, Destination, Source, Step};
 pub use store::Store;
 pub use vm::{BlockInfo, PageState, RangeState, Run, Vm};

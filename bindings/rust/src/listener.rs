@@ -34,6 +34,21 @@ pub trait AttrListener {
     }
 }
 
+/// A discard listener (C API 0.3), as the VMM's memory backend: told when
+/// pages became discarded (`discard`: free their memory, for example with
+/// `fallocate(PUNCH_HOLE)`; cannot fail) and when they leave discarded for
+/// shared or private (`populate`: they need backing again; may refuse).
+/// Changes between shared and private are not told to it.
+pub trait DiscardListener {
+    fn populate(&mut self, _offset: u64, _size: u64) -> std::result::Result<(), i32> {
+        Ok(())
+    }
+    fn discard(&mut self, offset: u64, size: u64);
+    fn granularity(&self) -> u64 {
+        0
+    }
+}
+
 /// A registered listener, for unregistering or replaying it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ListenerId(pub(crate) usize);
@@ -41,6 +56,7 @@ pub struct ListenerId(pub(crate) usize);
 pub(crate) enum Kind {
     Dma(Box<dyn DmaListener + Send>),
     Attr(Box<dyn AttrListener + Send>),
+    Discard(Box<dyn DiscardListener + Send>),
 }
 
 /// What a C listener's opaque points at.
@@ -56,6 +72,9 @@ impl ListenerSlot {
     }
     pub(crate) fn attr(l: Box<dyn AttrListener + Send>) -> Box<ListenerSlot> {
         Box::new(ListenerSlot { kind: Kind::Attr(l), panic: None })
+    }
+    pub(crate) fn discard(l: Box<dyn DiscardListener + Send>) -> Box<ListenerSlot> {
+        Box::new(ListenerSlot { kind: Kind::Discard(l), panic: None })
     }
 }
 
@@ -87,22 +106,23 @@ unsafe fn with_slot<R>(opaque: *mut c_void, on_panic: R, f: impl FnOnce(&mut Kin
 unsafe extern "C" fn populate(opaque: *mut c_void, offset: u64, size: u64) -> c_int {
     with_slot(opaque, -EIO, |k| match k {
         Kind::Dma(l) => l.populate(offset, size).map_or_else(refusal, |_| 0),
+        Kind::Discard(l) => l.populate(offset, size).map_or_else(refusal, |_| 0),
         Kind::Attr(_) => 0,
     })
 }
 
 unsafe extern "C" fn discard(opaque: *mut c_void, offset: u64, size: u64) {
-    with_slot(opaque, (), |k| {
-        if let Kind::Dma(l) = k {
-            l.discard(offset, size)
-        }
+    with_slot(opaque, (), |k| match k {
+        Kind::Dma(l) => l.discard(offset, size),
+        Kind::Discard(l) => l.discard(offset, size),
+        Kind::Attr(_) => {}
     })
 }
 
 unsafe extern "C" fn set_private(opaque: *mut c_void, offset: u64, size: u64) -> c_int {
     with_slot(opaque, -EIO, |k| match k {
         Kind::Attr(l) => l.set_private(offset, size).map_or_else(refusal, |_| 0),
-        Kind::Dma(_) => 0,
+        Kind::Dma(_) | Kind::Discard(_) => 0,
     })
 }
 
@@ -125,31 +145,36 @@ pub(crate) unsafe fn register(
 ) -> c_int {
     // The ops first: no reference into the slot may live while C calls
     // back through its pointer.
-    let (dma, attr) = match &slot.kind {
-        Kind::Dma(l) => (
-            Some(ffi::cvmstate_dma_ops_v1 {
-                struct_size: std::mem::size_of::<ffi::cvmstate_dma_ops_v1>(),
-                populate: Some(populate),
-                discard: Some(discard),
-                granularity: l.granularity(),
-                double_discard_supported: l.double_discard_supported() as c_int,
-            }),
-            None,
-        ),
-        Kind::Attr(l) => (
-            None,
-            Some(ffi::cvmstate_attr_ops_v1 {
-                struct_size: std::mem::size_of::<ffi::cvmstate_attr_ops_v1>(),
-                set_private: Some(set_private),
-                clear_private: Some(clear_private),
-                granularity: l.granularity(),
-            }),
-        ),
+    enum Ops {
+        Dma(ffi::cvmstate_dma_ops_v1),
+        Attr(ffi::cvmstate_attr_ops_v1),
+        Discard(ffi::cvmstate_discard_ops_v1),
+    }
+    let ops = match &slot.kind {
+        Kind::Dma(l) => Ops::Dma(ffi::cvmstate_dma_ops_v1 {
+            struct_size: std::mem::size_of::<ffi::cvmstate_dma_ops_v1>(),
+            populate: Some(populate),
+            discard: Some(discard),
+            granularity: l.granularity(),
+            double_discard_supported: l.double_discard_supported() as c_int,
+        }),
+        Kind::Attr(l) => Ops::Attr(ffi::cvmstate_attr_ops_v1 {
+            struct_size: std::mem::size_of::<ffi::cvmstate_attr_ops_v1>(),
+            set_private: Some(set_private),
+            clear_private: Some(clear_private),
+            granularity: l.granularity(),
+        }),
+        Kind::Discard(l) => Ops::Discard(ffi::cvmstate_discard_ops_v1 {
+            struct_size: std::mem::size_of::<ffi::cvmstate_discard_ops_v1>(),
+            populate: Some(populate),
+            discard: Some(discard),
+            granularity: l.granularity(),
+        }),
     };
     let opaque = &mut **slot as *mut ListenerSlot as *mut c_void;
-    match (dma, attr) {
-        (Some(ops), _) => ffi::cvmstate_register_dma_listener_v1(vm, block, offset, size, &ops, opaque, out),
-        (_, Some(ops)) => ffi::cvmstate_register_attr_listener_v1(vm, block, offset, size, &ops, opaque, out),
-        _ => -EIO,
+    match ops {
+        Ops::Dma(ops) => ffi::cvmstate_register_dma_listener_v1(vm, block, offset, size, &ops, opaque, out),
+        Ops::Attr(ops) => ffi::cvmstate_register_attr_listener_v1(vm, block, offset, size, &ops, opaque, out),
+        Ops::Discard(ops) => ffi::cvmstate_register_discard_listener_v1(vm, block, offset, size, &ops, opaque, out),
     }
 }

@@ -8,7 +8,7 @@ use std::ptr;
 
 use crate::error::{c_string, check, Error, Result, EBUSY, ENOMEM};
 use crate::ffi;
-use crate::listener::{self, AttrListener, DmaListener, ListenerId, ListenerSlot};
+use crate::listener::{self, AttrListener, DiscardListener, DmaListener, ListenerId, ListenerSlot};
 
 /// The state of a page.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -298,6 +298,19 @@ impl Vm {
         listener: L,
     ) -> Result<ListenerId> {
         self.register(block, offset, size, ListenerSlot::attr(Box::new(listener)))
+    }
+
+    /// Registers a discard listener (the memory backend) and replays
+    /// `populate` for the section's shared and private runs; replay
+    /// [`PageState::Discarded`] to it to have the discarded runs freed.
+    pub fn register_discard_listener<L: DiscardListener + Send + 'static>(
+        &self,
+        block: &str,
+        offset: u64,
+        size: u64,
+        listener: L,
+    ) -> Result<ListenerId> {
+        self.register(block, offset, size, ListenerSlot::discard(Box::new(listener)))
     }
 
     fn register(&self, block: &str, offset: u64, size: u64, mut slot: Box<ListenerSlot>) -> Result<ListenerId> {

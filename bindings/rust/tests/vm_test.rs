@@ -2,10 +2,11 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use cvmstate::{AttrListener, DmaListener, PageState, RangeState, Run, Store, Vm};
+use cvmstate::{AttrListener, DiscardListener, DmaListener, PageState, RangeState, Run, Store, Vm};
 
 const GIB: u64 = 1 << 30;
 const ENOSPC: i32 = 28;
+const ENOMEM: i32 = 12;
 
 // A VFIO-like listener with a mapping limit, recording what is mapped.
 #[derive(Default)]
@@ -115,6 +116,55 @@ fn listeners_follow_conversions_and_a_refusal_rolls_back() {
     vm.unregister_listener(a).unwrap();
     assert_eq!(*private.lock().unwrap(), 0);
     assert_eq!(vm.unregister_listener(a).unwrap_err().errno(), 2);
+}
+
+// A memory backend: the bytes it holds, freed on discard; it refuses to
+// back more than `limit`.
+struct Backend {
+    held: Arc<Mutex<u64>>,
+    limit: u64,
+}
+
+impl DiscardListener for Backend {
+    fn populate(&mut self, _offset: u64, size: u64) -> Result<(), i32> {
+        let mut held = self.held.lock().unwrap();
+        if *held + size > self.limit {
+            return Err(ENOMEM);
+        }
+        *held += size;
+        Ok(())
+    }
+    fn discard(&mut self, _offset: u64, size: u64) {
+        *self.held.lock().unwrap() -= size;
+    }
+}
+
+#[test]
+fn a_discard_listener_holds_exactly_the_backed_pages() {
+    let vm = Vm::new().unwrap();
+    vm.add_block("pc.ram", GIB, 4096, PageState::Discarded).unwrap();
+    vm.convert("pc.ram", 0, 64 << 20, PageState::Private).unwrap();
+    let held = Arc::new(Mutex::new(0u64));
+    let l = vm.register_discard_listener("pc.ram", 0, GIB, Backend { held: held.clone(), limit: 512 << 20 }).unwrap();
+    assert_eq!(*held.lock().unwrap(), 64 << 20);
+    let mut seed = 7u64;
+    for i in 0..2000u64 {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let r = seed >> 16;
+        let page = (r % (GIB / 4096 - 64)) * 4096;
+        let state = [PageState::Shared, PageState::Private, PageState::Discarded][(i % 3) as usize];
+        vm.convert("pc.ram", page, 4096 * (1 + r % 64), state).unwrap();
+    }
+    let backed = GIB - bytes_in(&vm, "pc.ram", GIB, PageState::Discarded);
+    assert_eq!(*held.lock().unwrap(), backed);
+    // Past its limit it refuses with ENOMEM, and nothing changes.
+    let digest = vm.digest().unwrap();
+    let e = vm.convert("pc.ram", 0, GIB, PageState::Shared).unwrap_err();
+    assert_eq!(e.errno(), ENOMEM, "{}", e);
+    assert_eq!(vm.digest().unwrap(), digest);
+    assert_eq!(*held.lock().unwrap(), backed);
+    vm.unregister_listener(l).unwrap();
+    assert_eq!(*held.lock().unwrap(), 0);
 }
 
 #[test]
