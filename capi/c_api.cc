@@ -98,6 +98,7 @@ struct cvmstate_source {
   std::unique_ptr<cvmstate::MigrationSource> src;  // made with the source; opened by the first step
   bool finished = false;  // cvmstate_source_finish was called: nothing more is sent
   bool broken = false;    // a call failed mid-stream: the stream cannot go on
+  bool end_sent = false;  // finish handed the whole end frame to the channel
 };
 
 struct cvmstate_destination {
@@ -1018,12 +1019,18 @@ int cvmstate_source_finish(cvmstate_source* s, uint64_t* bytes) {
     s->finished = true;
     auto r = s->src->Finish();
     if (!r.ok()) return FromStatus(r.status());
+    s->end_sent = true;
     if (bytes) *bytes = r->bytes;
     // The end frame went: the destination decides now, and a cancel no
     // longer ends the wait for its answer (it may already run the guest).
     s->ch.CancelReads(nullptr);
     return FromStatus(s->src->AwaitAck(s->ch.source.get()));
   });
+}
+
+int cvmstate_source_end_sent(const cvmstate_source* s) {
+  if (s == nullptr) return NullArgument("src");
+  return s->end_sent ? 1 : 0;
 }
 
 uint32_t cvmstate_source_rounds(const cvmstate_source* s) {

@@ -272,9 +272,11 @@ content_loop:
         jne 2f
         mov dword ptr [kind], 2
         mov [first_pfn], edi
-        mov [expected], eax
+        mov eax, [GUEST_RECORD + edi * 4]
+        shr eax, REC_STAMP_SHIFT
+        mov [expected], eax             /* the stamp its record holds */
         mov eax, [edx + 4]
-        mov [got], eax
+        mov [got], eax                  /* the stamp word in the page */
 2:      inc edi
         jmp content_loop
 

@@ -117,6 +117,7 @@ struct vmm {
   atomic_int pause_requested;
   int paused, handed_off, migration_wanted;
   int guest_done, guest_ok, vcpu_error;
+  char vm_id[72]; /* a received VM id (at most 64 bytes) */
   char verdict[512];
 };
 
@@ -298,10 +299,11 @@ static void handle_report(struct vmm* v) {
              guest_word(v, GUEST_REQ + V_STATE_BAD), pages, pfn, state_name(got),
              state_name(expected));
   } else if (kind == 2) {
-    snprintf(v->verdict, sizeof v->verdict,
-             "guest: content differs on %u owned pages: the first, page %#x, holds stamp %u, "
-             "expected %u",
-             guest_word(v, GUEST_REQ + V_CONTENT_BAD), pfn, got, expected);
+    snprintf(
+        v->verdict, sizeof v->verdict,
+        "guest: content differs on %u owned pages: the first, page %#x, should hold the pattern of "
+        "conversion %u (its stamp word reads %u)",
+        guest_word(v, GUEST_REQ + V_CONTENT_BAD), pfn, expected, got);
   } else if (kind == 3) {
     snprintf(v->verdict, sizeof v->verdict,
              "guest: its conversion of page %#x to %s was refused (%d) after %u", pfn,
@@ -409,7 +411,13 @@ static int vcpu_loop(struct vmm* v) {
       continue;
     }
     if (ioctl(v->g.vcpu_fd, KVM_RUN, 0) < 0) {
-      if (errno == EINTR || errno == EAGAIN) continue;
+      if (errno == EINTR || errno == EAGAIN) {
+        /* A kick: the loop's top sees a pause request (set before the
+         * kick); one that came to nothing must not keep KVM_RUN from
+         * running the guest. */
+        run->immediate_exit = 0;
+        continue;
+      }
       say("KVM_RUN: %s", strerror(errno));
       return VCPU_FAILED;
     }
@@ -620,30 +628,53 @@ static int step_round(struct vmm* v, cvmstate_source* src, uint64_t* bytes) {
   return 0;
 }
 
+/* The first message: what the destination must provide. */
+struct hello {
+  uint32_t version;
+  uint32_t guest_flags; /* the guest's P_FLAGS: FLAG_HYPERCALL needs the exit there too */
+  uint64_t ram_size;
+};
+
 struct vcpu_message {
   struct kvm_vcpu_state vcpu;
   double paused_at; /* the source's wall clock */
   uint64_t conversions;
 };
 
-/* The live migration; 0 once the destination has acknowledged. On failure
- * the guest is left to resume here. */
+static uint64_t conversions_now(struct vmm* v) {
+  pthread_mutex_lock(&v->mu);
+  uint64_t n = v->conversions;
+  pthread_mutex_unlock(&v->mu);
+  return n;
+}
+
+enum { MIGRATED = 0, MIGRATION_FAILED = 1, MIGRATION_UNKNOWN = 2 };
+
+/* The live migration: MIGRATED once the destination has acknowledged;
+ * MIGRATION_FAILED when the destination cannot run the guest (the guest is
+ * to resume here); MIGRATION_UNKNOWN when the end of the stream went but
+ * no answer came back (the destination may be running it). */
 static int migrate(struct vmm* v) {
   char err[256];
   int fd = channel_connect(v->opt.migrate_to, v->opt.timeout, err, sizeof err);
   if (fd < 0) {
     say("migration: %s", err);
-    return fd;
+    return MIGRATION_FAILED;
   }
   uint64_t* bitmap = calloc((v->pages + 63) / 64, sizeof(uint64_t));
   struct out_channel out = {fd};
   const cvmstate_io_v1 io = {sizeof io, source_read, source_write};
   cvmstate_source* src = NULL;
-  int rc = bitmap == NULL ? -ENOMEM
-                          : channel_send(fd, MSG_HELLO, CHANNEL_VERSION, v->g.ram_size, NULL, 0);
-  if (rc == 0 && (rc = cvmstate_source_new_io_v1(v->vm, v->opt.vm_id, &io, &out, v->opt.psk_file,
-                                                 &src)) == 0) {
-    rc = cvmstate_source_set_timeout(src, v->opt.timeout);
+  const struct hello hello = {CHANNEL_VERSION, guest_word(v, GUEST_PARAMS + P_FLAGS),
+                              v->g.ram_size};
+  int rc =
+      bitmap == NULL ? -ENOMEM : channel_send(fd, MSG_HELLO, sizeof hello, 0, &hello, sizeof hello);
+  if (rc == 0) {
+    /* Making and freeing a source touch the vm: under mu like every call. */
+    pthread_mutex_lock(&v->mu);
+    rc = cvmstate_source_new_io_v1(v->vm, v->opt.vm_id, &io, &out, v->opt.psk_file, &src);
+    pthread_mutex_unlock(&v->mu);
+    if (rc == 0) rc = cvmstate_source_set_timeout(src, v->opt.timeout);
   }
   if (rc == 0) {
     pthread_mutex_lock(&v->mu);
@@ -656,7 +687,7 @@ static int migrate(struct vmm* v) {
   double t0 = mono();
   for (uint32_t round = 0; rc == 0 && round < v->opt.rounds; ++round) {
     double t = mono();
-    uint64_t conv0 = v->conversions, state_bytes = 0;
+    uint64_t conv0 = conversions_now(v), state_bytes = 0;
     if (round == 0) {
       /* Every page with backing. */
       pthread_mutex_lock(&v->mu);
@@ -676,9 +707,15 @@ static int migrate(struct vmm* v) {
     if ((rc = step_round(v, src, &state_bytes)) != 0) break;
     say("migration: round %u: RAM %" PRIu64 " KiB, page states %" PRIu64 " bytes, %.1f ms, %" PRIu64
         " conversions during it",
-        round, (uint64_t)sent >> 10, state_bytes, (mono() - t) * 1e3, v->conversions - conv0);
+        round, (uint64_t)sent >> 10, state_bytes, (mono() - t) * 1e3, conversions_now(v) - conv0);
+    pthread_mutex_lock(&v->mu);
+    if (v->guest_done) rc = -ECANCELED;
+    pthread_mutex_unlock(&v->mu);
   }
-  if (rc != 0) {
+  int result = rc == 0 ? MIGRATED : MIGRATION_FAILED;
+  if (rc == -ECANCELED) {
+    say("migration: the guest finished during pre-copy; it stays here");
+  } else if (rc != 0) {
     say("migration failed during pre-copy: %s",
         rc == -EPIPE || rc == -ECONNRESET         ? "the destination went away"
         : src != NULL && cvmstate_last_error()[0] ? cvmstate_last_error()
@@ -707,10 +744,21 @@ static int migrate(struct vmm* v) {
     uint64_t last = 0;
     if (rc == 0) {
       rc = cvmstate_source_finish(src, &last);
-      if (rc != 0) say("migration failed at stop-and-copy: %s", cvmstate_last_error());
+      if (rc != 0 && rc != -EACCES && cvmstate_source_end_sent(src) == 1) {
+        /* The destination has the whole stream and may have resumed the
+         * guest: running it here too could run it twice. */
+        say("migration outcome unknown: the end of the stream went but no answer came (%s); the "
+            "guest "
+            "stays paused here: check the destination",
+            cvmstate_last_error());
+        result = MIGRATION_UNKNOWN;
+      } else if (rc != 0) {
+        say("migration failed at stop-and-copy: %s", cvmstate_last_error());
+      }
     } else if (rc != -ECANCELED) {
       say("migration failed at stop-and-copy: %s", strerror(-rc));
     }
+    if (rc != 0 && result == MIGRATED) result = MIGRATION_FAILED;
     if (rc == 0) {
       uint64_t state_total = 0;
       for (uint32_t r = 0; r < cvmstate_source_rounds(src); ++r)
@@ -724,16 +772,18 @@ static int migrate(struct vmm* v) {
           v->conversions_at_pause - v->conversions_at_migration_start);
     }
   }
+  pthread_mutex_lock(&v->mu);
   if (src != NULL) cvmstate_source_free(src);
+  pthread_mutex_unlock(&v->mu);
   free(bitmap);
   close(fd);
-  if (rc != 0 && v->g.dirty_logging) {
+  if (result == MIGRATION_FAILED && v->g.dirty_logging) {
     pthread_mutex_lock(&v->mu);
     if (kvm_guest_set_dirty_logging(&v->g, 0) != 0)
       say("turning dirty logging off: %s", strerror(errno));
     pthread_mutex_unlock(&v->mu);
   }
-  return rc;
+  return result;
 }
 
 /* ---- the commands ------------------------------------------------------------ */
@@ -791,7 +841,7 @@ static int cmd_run(struct vmm* v) {
   v->migration_wanted = v->opt.migrate_to != NULL;
   pthread_mutex_unlock(&v->mu);
   if (rc != 0 || start_vcpu_thread(v) != 0) return 1;
-  int handed_off = 0;
+  int outcome = MIGRATION_FAILED;
   if (v->opt.migrate_to != NULL) {
     pthread_mutex_lock(&v->mu);
     while (v->conversions < v->opt.migrate_after && !v->guest_done)
@@ -799,20 +849,20 @@ static int cmd_run(struct vmm* v) {
     int start = !v->guest_done;
     pthread_mutex_unlock(&v->mu);
     if (start) {
-      handed_off = migrate(v) == 0;
-      if (!handed_off) say("the guest resumes here");
-      resume_vcpu(v, handed_off);
+      outcome = migrate(v);
+      if (outcome == MIGRATION_FAILED) say("the guest resumes here");
+      /* Migrated or unknown: the vCPU thread ends without running again. */
+      resume_vcpu(v, outcome != MIGRATION_FAILED);
     } else {
       say("migration: the guest finished before %" PRIu64 " conversions", v->opt.migrate_after);
     }
   }
   void* r = NULL;
   pthread_join(v->vcpu_thread, &r);
-  if (handed_off) {
-    /* The destination owns the guest now; this side's checkpoint stays as
-     * the last state it had. */
-    return 0;
-  }
+  /* Migrated: the destination owns the guest now; this side's checkpoint
+   * stays as the last state it had. */
+  if (outcome == MIGRATED) return 0;
+  if (outcome == MIGRATION_UNKNOWN) return 1;
   return finish_guest(v);
 }
 
@@ -909,13 +959,26 @@ static int cmd_incoming(struct vmm* v) {
     return 1;
   }
   struct msg_header h;
-  if (channel_read(fd, &h, sizeof h) != 0 || h.type != MSG_HELLO || h.count != CHANNEL_VERSION ||
-      h.arg < (16u << 20) || h.arg > (2ull << 30) || h.arg % (2u << 20) != 0) {
+  struct hello hello;
+  if (channel_read(fd, &h, sizeof h) != 0 || h.type != MSG_HELLO || h.count != sizeof hello ||
+      channel_read(fd, &hello, sizeof hello) != 0 || hello.version != CHANNEL_VERSION ||
+      hello.ram_size < (16u << 20) || hello.ram_size > (2ull << 30) ||
+      hello.ram_size % (2u << 20) != 0) {
     say("incoming: the source did not say hello with a guest size from 16 MiB to 2 GiB");
     close(fd);
     return 1;
   }
-  v->opt.ram = h.arg;
+  if ((hello.guest_flags & FLAG_HYPERCALL) && !v->probe.hypercall_works) {
+    /* Refused before anything is received: the source resumes its guest. */
+    say("incoming: the guest makes its conversions with KVM_HC_MAP_GPA_RANGE, which this host's "
+        "KVM does "
+        "not deliver (%s)",
+        v->probe.hypercall_why);
+    close(fd);
+    return 1;
+  }
+  v->probe.hypercall_works = (hello.guest_flags & FLAG_HYPERCALL) != 0;
+  v->opt.ram = hello.ram_size;
   if (setup_vmm(v) != 0) {
     close(fd);
     return 1;
@@ -927,7 +990,11 @@ static int cmd_incoming(struct vmm* v) {
   const cvmstate_io_v1 io = {sizeof io, dest_read, dest_write};
   cvmstate_destination* dst = NULL;
   cvmstate_vm* received = NULL;
-  int rc = cvmstate_destination_new_io_v1(&io, &in, v->opt.psk_file, v->opt.timeout, &dst);
+  /* cvmstate's deadline bounds each frame's reads, and this channel
+   * applies a round's RAM between two frames: allow the RAM at 10 MiB/s on
+   * top of --timeout (the socket's own timeout still bounds every read). */
+  const double state_timeout = v->opt.timeout + (double)v->g.ram_size / (10 << 20);
+  int rc = cvmstate_destination_new_io_v1(&io, &in, v->opt.psk_file, state_timeout, &dst);
   double t_received = 0, t_committed = 0, t_replayed = 0, t_restored = 0;
   int committed = 0;
   char reason[300] = "";
@@ -940,6 +1007,15 @@ static int cmd_incoming(struct vmm* v) {
     }
   } else {
     snprintf(reason, sizeof reason, "%s", cvmstate_last_error());
+  }
+  if (rc == 0 && v->opt.fault != NULL && strcmp(v->opt.fault, "no-answer") == 0) {
+    /* A fault for the tests: the destination goes away with the whole
+     * stream received, before it answers. */
+    say("incoming: leaving without an answer (--fault no-answer)");
+    cvmstate_vm_free(received);
+    cvmstate_destination_free(dst);
+    close(fd);
+    return 1;
   }
   /* Verify what arrived against this side's RAM. */
   if (rc == 0) {
@@ -963,7 +1039,8 @@ static int cmd_incoming(struct vmm* v) {
     cvmstate_vm_free(v->vm);
     v->vm = received;
     received = NULL;
-    v->opt.vm_id = strdup(cvmstate_destination_vm_id(dst));
+    snprintf(v->vm_id, sizeof v->vm_id, "%s", cvmstate_destination_vm_id(dst));
+    v->opt.vm_id = v->vm_id;
     rc = cvmstate_store_commit(v->store, v->opt.vm_id, v->vm);
     if (rc != 0) snprintf(reason, sizeof reason, "commit: %s", cvmstate_last_error());
     committed = rc == 0;
@@ -1077,8 +1154,9 @@ static int parse(int argc, char** argv, struct options* o, char* msg, size_t n) 
       }
       o->ram = x;
     } else if (strcmp(a, "--ops") == 0 || strcmp(a, "--seed") == 0) {
-      if (parse_u64(val, 1u << 30, &x) != 0) {
-        snprintf(msg, n, "%s must be a number up to 2^30 (got '%s')", a, val);
+      /* The guest's record keeps a conversion number in 30 bits. */
+      if (parse_u64(val, (1u << 30) - 1, &x) != 0) {
+        snprintf(msg, n, "%s must be a number below 2^30 (got '%s')", a, val);
         return -1;
       }
       if (a[2] == 'o')
@@ -1111,8 +1189,9 @@ static int parse(int argc, char** argv, struct options* o, char* msg, size_t n) 
     } else if (strcmp(a, "--psk-file") == 0) {
       o->psk_file = val;
     } else if (strcmp(a, "--fault") == 0) {
-      if (strcmp(val, "state") != 0 && strcmp(val, "content") != 0) {
-        snprintf(msg, n, "--fault is 'state' or 'content' (got '%s')", val);
+      if (strcmp(val, "state") != 0 && strcmp(val, "content") != 0 &&
+          strcmp(val, "no-answer") != 0) {
+        snprintf(msg, n, "--fault is 'state', 'content' or 'no-answer' (got '%s')", val);
         return -1;
       }
       o->fault = val;
@@ -1128,6 +1207,7 @@ int main(int argc, char** argv) {
   setvbuf(stderr, NULL, _IOLBF, 0);
   if (argc < 2) return usage("a command is needed");
   static struct vmm v;
+  v.g.kvm_fd = v.g.vm_fd = v.g.vcpu_fd = v.g.ram_fd = -1; /* nothing to close yet */
   pthread_mutex_init(&v.mu, NULL);
   pthread_cond_init(&v.cv, NULL);
   char msg[256];

@@ -30,7 +30,8 @@
  * Error codes, one per kind of failure (never derived from a message):
  * Versions: 0.1 is the v0 API; 0.2 adds the v1 calls (marked "v1" below),
  * every v0 call unchanged in source and binary; 0.3 adds the discard
- * listener (cvmstate_register_discard_listener_v1). Structs that may grow
+ * listener (cvmstate_register_discard_listener_v1) and
+ * cvmstate_source_end_sent. Structs that may grow
  * carry a leading struct_size the caller sets to sizeof (the _v1 structs,
  * cvmstate_block_info): the library reads or writes only that many bytes,
  * and refuses (-EINVAL) a size below the first version's, or a larger
@@ -401,6 +402,16 @@ CVMSTATE_API int cvmstate_source_round(cvmstate_source* src, uint64_t* bytes);
  * whatever its result: cvmstate_source_round, _begin or _finish after it
  * are -EINVAL ("the migration has finished") and send nothing. */
 CVMSTATE_API int cvmstate_source_finish(cvmstate_source* src, uint64_t* bytes);
+/* v1 (0.3). Whether cvmstate_source_finish handed the whole end frame to
+ * the channel: 1 if it did, 0 if not (or finish was not called), -EINVAL
+ * for NULL. What a VMM needs after a failed finish to decide about its
+ * guest: 0 means the destination cannot have the end of the stream, so it
+ * commits and runs nothing, and the source may resume its guest; 1 with
+ * finish's result -EACCES means the destination refused (resume too); 1
+ * with any other failure (-EIO, -ETIMEDOUT waiting for the answer) means
+ * the outcome is unknown: the destination may have committed and resumed
+ * the guest, so resuming it here as well could run it twice. */
+CVMSTATE_API int cvmstate_source_end_sent(const cvmstate_source* src);
 /* Rounds sent so far, and the bytes of round r. */
 CVMSTATE_API uint32_t cvmstate_source_rounds(const cvmstate_source* src);
 CVMSTATE_API uint64_t cvmstate_source_round_bytes(const cvmstate_source* src, uint32_t round);

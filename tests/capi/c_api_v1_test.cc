@@ -249,6 +249,68 @@ TEST(CApiV1Test, CancelEndsABlockedStepAtOnceAndSendsNothingMore) {
   EXPECT_EQ(cvmstate_source_cancel(nullptr), -EINVAL);
 }
 
+// After a finish, cvmstate_source_end_sent tells a VMM whether it may
+// resume its guest: 0 when the end frame never went (the destination cannot
+// commit), 1 when it went, also when the answer was then lost.
+TEST(CApiV1Test, EndSentTellsALostAnswerFromAStreamThatNeverEnded) {
+  Vm v;
+  ASSERT_EQ(cvmstate_vm_add_block(v.vm, "ram", (1 << 16) * 4096ull, 4096, CVMSTATE_PRIVATE), 0);
+  Guest guest{5};
+  guest.Convert(v.vm, "ram", 1 << 16, 2000);
+  ExpectNull(cvmstate_source_end_sent(nullptr), "src");
+  {  // The answer is lost: a destination that receives all and closes.
+    SocketPair sp;
+    std::thread peer([&] {
+      cvmstate_destination* dst = nullptr;
+      ASSERT_EQ(cvmstate_destination_new_fd(sp.fd[1], nullptr, 30, &dst), 0);
+      cvmstate_vm* got = nullptr;
+      EXPECT_EQ(cvmstate_destination_receive(dst, &got), 0) << cvmstate_last_error();
+      cvmstate_vm_free(got);
+      shutdown(sp.fd[1], SHUT_RDWR);
+      cvmstate_destination_free(dst);
+    });
+    cvmstate_source* src = nullptr;
+    ASSERT_EQ(cvmstate_source_new_fd(v.vm, "g", sp.fd[0], nullptr, &src), 0);
+    EXPECT_EQ(cvmstate_source_end_sent(src), 0);
+    EXPECT_EQ(cvmstate_source_begin(src, nullptr), 0);
+    EXPECT_EQ(cvmstate_source_end_sent(src), 0);
+    const int rc = cvmstate_source_finish(src, nullptr);
+    peer.join();
+    EXPECT_NE(rc, 0);
+    EXPECT_NE(rc, -EACCES);
+    EXPECT_EQ(cvmstate_source_end_sent(src), 1);
+    cvmstate_source_free(src);
+  }
+  {  // Cancelled before finish: the end never went.
+    SocketPair sp;
+    Destination d(sp.fd[1]);
+    cvmstate_source* src = nullptr;
+    ASSERT_EQ(cvmstate_source_new_fd(v.vm, "g", sp.fd[0], nullptr, &src), 0);
+    EXPECT_EQ(cvmstate_source_begin(src, nullptr), 0);
+    EXPECT_EQ(cvmstate_source_cancel(src), 0);
+    EXPECT_EQ(cvmstate_source_finish(src, nullptr), -ECANCELED);
+    EXPECT_EQ(cvmstate_source_end_sent(src), 0);
+    shutdown(sp.fd[0], SHUT_RDWR);
+    d.Join();
+    EXPECT_NE(d.rc, 0);
+    cvmstate_source_free(src);
+  }
+  {  // Acknowledged: sent, and 0.
+    SocketPair sp;
+    Destination d(sp.fd[1]);
+    cvmstate_source* src = nullptr;
+    ASSERT_EQ(cvmstate_source_new_fd(v.vm, "g", sp.fd[0], nullptr, &src), 0);
+    EXPECT_EQ(cvmstate_source_finish(src, nullptr), -EINVAL);  // not begun
+    EXPECT_EQ(cvmstate_source_begin(src, nullptr), 0);
+    EXPECT_EQ(cvmstate_source_finish(src, nullptr), 0) << cvmstate_last_error();
+    EXPECT_EQ(cvmstate_source_end_sent(src), 1);
+    d.Join();
+    EXPECT_EQ(d.rc, 0);
+    EXPECT_EQ(d.digest, Digest(v.vm));
+    cvmstate_source_free(src);
+  }
+}
+
 TEST(CApiV1Test, CancelEndsABlockedReceiveWithNothingReceived) {
   SocketPair sp;
   cvmstate_destination* dst = nullptr;

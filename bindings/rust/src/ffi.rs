@@ -168,6 +168,7 @@ extern "C" {
     pub fn cvmstate_source_round(src: *mut cvmstate_source, bytes: *mut u64) -> c_int;
     pub fn cvmstate_source_finish(src: *mut cvmstate_source, bytes: *mut u64) -> c_int;
     pub fn cvmstate_source_rounds(src: *const cvmstate_source) -> u32;
+    pub fn cvmstate_source_end_sent(src: *const cvmstate_source) -> c_int;
     pub fn cvmstate_source_round_bytes(src: *const cvmstate_source, round: u32) -> u64;
     pub fn cvmstate_source_free(src: *mut cvmstate_source);
 

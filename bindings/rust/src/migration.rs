@@ -290,6 +290,15 @@ impl<'a> Source<'a> {
         Ok(bytes)
     }
 
+    /// Whether [`Source::finish`] handed the whole end frame to the channel
+    /// (C API 0.3). After a failed finish: false means the destination
+    /// cannot have committed (resume the guest here); true with an error
+    /// other than `EACCES` means the outcome is unknown.
+    pub fn end_sent(&self) -> bool {
+        // SAFETY: the handle is live.
+        unsafe { ffi::cvmstate_source_end_sent(self.raw()) == 1 }
+    }
+
     /// Rounds sent so far, and the bytes of round `r`.
     pub fn rounds(&self) -> u32 {
         // SAFETY: the handle is live.

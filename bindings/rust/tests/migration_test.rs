@@ -61,7 +61,9 @@ fn a_vmms_loop_migrates_while_the_guest_converts() {
         pending = src.pending().unwrap();
     }
     assert!(steps > 2);
+    assert!(!src.end_sent());
     src.finish().unwrap();
+    assert!(src.end_sent());
     let (digest, id) = dest.join().unwrap().unwrap();
     assert_eq!(digest, vm.digest().unwrap());
     assert_eq!(id, "guest-1");
@@ -106,6 +108,7 @@ fn a_refusing_destination_is_an_error_on_both_sides() {
     let e = src.finish().unwrap_err();
     assert_eq!(e.errno(), 13, "{}", e); // EACCES
     assert!(e.message().contains("no room for this guest"), "{}", e);
+    assert!(src.end_sent()); // refused after the whole stream: resume the guest
     dest.join().unwrap();
 }
 
