@@ -101,16 +101,15 @@ struct vmm {
   pthread_cond_t cv;
 
   /* What the listeners recorded (under mu: they run inside cvmstate calls). */
-  uint64_t dma_bytes, dma_maps, private_bytes, punched_bytes;
+  uint64_t dma_bytes, dma_maps, private_bytes;
   double listener_s;
 
   /* The vCPU thread's counters. */
-  uint64_t conversions, conversion_exits, checkpoints, checkpoint_bytes;
+  uint64_t conversions, conversion_exits;
   uint64_t conversions_at_migration_start, conversions_at_pause;
   double convert_s, conversion_handling_s;
   uint64_t nops;
   double nop_first, nop_last;
-  int phase;
 
   /* Migration control (under mu). */
   pthread_t vcpu_thread;
@@ -160,7 +159,6 @@ static void discard_free(void* o, uint64_t offset, uint64_t size) {
   int rc = kvm_guest_punch_hole(&v->g, offset, size);
   if (rc != 0)
     say("fallocate(PUNCH_HOLE) at %#" PRIx64 "+%#" PRIx64 ": %s", offset, size, strerror(-rc));
-  v->punched_bytes += size;
   v->listener_s += mono() - t;
 }
 
@@ -180,20 +178,21 @@ static int register_listeners(struct vmm* v) {
   return rc;
 }
 
+/* The layout of vm's one block and the bytes in each state. */
+static int read_block_info(const cvmstate_vm* vm, cvmstate_block_info* info) {
+  memset(info, 0, sizeof *info);
+  info->struct_size = sizeof *info;
+  return cvmstate_vm_block_info(vm, 0, info);
+}
+
 /* The listeners' records must agree with cvmstate's per-state bytes. */
-static int check_listeners(struct vmm* v) {
-  cvmstate_block_info info;
-  memset(&info, 0, sizeof info);
-  info.struct_size = sizeof info;
-  pthread_mutex_lock(&v->mu);
-  int rc = cvmstate_vm_block_info(v->vm, 0, &info);
-  uint64_t dma = v->dma_bytes, priv = v->private_bytes;
-  pthread_mutex_unlock(&v->mu);
-  if (rc != 0) return rc;
-  if (dma != info.bytes[CVMSTATE_SHARED] || priv != info.bytes[CVMSTATE_PRIVATE]) {
+static int check_listeners(const struct vmm* v, const cvmstate_block_info* info) {
+  if (v->dma_bytes != info->bytes[CVMSTATE_SHARED] ||
+      v->private_bytes != info->bytes[CVMSTATE_PRIVATE]) {
     say("listeners disagree with cvmstate: DMA-mapped %" PRIu64 " vs shared %" PRIu64
         ", private attribute %" PRIu64 " vs private %" PRIu64,
-        dma, info.bytes[CVMSTATE_SHARED], priv, info.bytes[CVMSTATE_PRIVATE]);
+        v->dma_bytes, info->bytes[CVMSTATE_SHARED], v->private_bytes,
+        info->bytes[CVMSTATE_PRIVATE]);
     return -1;
   }
   return 0;
@@ -201,15 +200,9 @@ static int check_listeners(struct vmm* v) {
 
 static int checkpoint(struct vmm* v) {
   if (v->store == NULL) return 0;
-  uint64_t bytes = 0;
-  int rc = cvmstate_checkpoint(v->store, v->vm, v->opt.vm_id, &bytes);
-  if (rc != 0) {
-    say("checkpoint: %s", cvmstate_last_error());
-    return rc;
-  }
-  v->checkpoints++;
-  v->checkpoint_bytes += bytes;
-  return 0;
+  int rc = cvmstate_checkpoint(v->store, v->vm, v->opt.vm_id, NULL);
+  if (rc != 0) say("checkpoint: %s", cvmstate_last_error());
+  return rc;
 }
 
 /* One page-state change the guest asked for. */
@@ -334,7 +327,6 @@ static void handle_io(struct vmm* v) {
     case PORT_PHASE: {
       uint32_t value = 0;
       memcpy(&value, (uint8_t*)run + run->io.data_offset, run->io.size < 4 ? run->io.size : 4);
-      v->phase = (int)value;
       if (value == PHASE_VERIFYING && v->opt.fault != NULL &&
           strcmp(v->opt.fault, "content") == 0) {
         /* A fault for the tests: one owned page's stamp changes under the guest. */
@@ -503,36 +495,36 @@ static void print_costs(struct vmm* v) {
     say("cost: an exit's round trip %.2f us (%" PRIu64
         " empty requests); a conversion exit %.2f us: "
         "round trip + %.2f us in the VMM, of which cvmstate %.3f us (%.1f%%) and its discard "
-        "listener's "
-        "fallocate %.3f us",
+        "listener's fallocate %.3f us",
         rt, v->nops, rt + per_exit, per_exit, cvm, 100.0 * cvm / (rt + per_exit), listeners);
   } else {
     say("cost: %.2f us in the VMM a conversion exit, of which cvmstate %.3f us", per_exit, cvm);
   }
 }
 
-static void print_memory(struct vmm* v) {
-  cvmstate_block_info info;
-  memset(&info, 0, sizeof info);
-  info.struct_size = sizeof info;
-  if (cvmstate_vm_block_info(v->vm, 0, &info) != 0) return;
+static void print_memory(const struct vmm* v, const cvmstate_block_info* info) {
   say("host memory: %" PRIu64 " MiB of the guest's %" PRIu64 " MiB resident; %" PRIu64
       " MiB discarded (freed), %" PRIu64 " MiB private, %" PRIu64
       " MiB shared (DMA-mapped, %" PRIu64 " mapping calls)",
       kvm_guest_resident_bytes(&v->g) >> 20, v->g.ram_size >> 20,
-      info.bytes[CVMSTATE_DISCARDED] >> 20, info.bytes[CVMSTATE_PRIVATE] >> 20,
-      info.bytes[CVMSTATE_SHARED] >> 20, v->dma_maps);
+      info->bytes[CVMSTATE_DISCARDED] >> 20, info->bytes[CVMSTATE_PRIVATE] >> 20,
+      info->bytes[CVMSTATE_SHARED] >> 20, v->dma_maps);
 }
 
 /* The end on the side where the guest finished. */
 static int finish_guest(struct vmm* v) {
   if (v->vcpu_error) return 1;
-  pthread_mutex_lock(&v->mu);
+  /* The vCPU thread has ended: nothing converts any more. */
   int rc = checkpoint(v);
-  pthread_mutex_unlock(&v->mu);
+  cvmstate_block_info info;
+  const int info_rc = read_block_info(v->vm, &info);
   print_costs(v);
-  print_memory(v);
-  if (check_listeners(v) != 0) rc = -1;
+  if (info_rc != 0) {
+    rc = info_rc;
+  } else {
+    print_memory(v, &info);
+    if (check_listeners(v, &info) != 0) rc = -1;
+  }
   printf("%s\n", v->verdict);
   fflush(stdout);
   return v->guest_ok && rc == 0 ? 0 : 1;
@@ -827,9 +819,6 @@ static int start_vcpu_thread(struct vmm* v) {
 }
 
 static int cmd_run(struct vmm* v) {
-  char line[512];
-  kvm_probe_describe(&v->probe, line, sizeof line);
-  say("%s", line);
   if (setup_vmm(v) != 0 || initial_state(v) != 0 || register_listeners(v) != 0 ||
       load_guest(v) != 0)
     return 1;
@@ -938,9 +927,7 @@ static long dest_write(void* o, const void* buf, size_t size) {
 }
 
 static int cmd_incoming(struct vmm* v) {
-  char err[256], line[512];
-  kvm_probe_describe(&v->probe, line, sizeof line);
-  say("%s", line);
+  char err[256];
   if (cvmstate_store_open(v->opt.db, &v->store) != 0) {
     say("store %s: %s", v->opt.db, cvmstate_last_error());
     return 1;
@@ -1021,13 +1008,11 @@ static int cmd_incoming(struct vmm* v) {
   if (rc == 0) {
     uint32_t blocks = 0;
     cvmstate_block_info info;
-    memset(&info, 0, sizeof info);
-    info.struct_size = sizeof info;
     if (!in.have_vcpu) {
       rc = -EBADMSG;
       snprintf(reason, sizeof reason, "the stream ended without the vCPU state");
     } else if (cvmstate_vm_block_count(received, &blocks) != 0 || blocks != 1 ||
-               cvmstate_vm_block_info(received, 0, &info) != 0 || strcmp(info.name, BLOCK) != 0 ||
+               read_block_info(received, &info) != 0 || strcmp(info.name, BLOCK) != 0 ||
                info.size != v->g.ram_size || info.page_size != GUEST_PAGE) {
       rc = -EBADMSG;
       snprintf(reason, sizeof reason,
@@ -1227,11 +1212,12 @@ int main(int argc, char** argv) {
     fprintf(stderr, "cvmstate-minivmm: KVM is not usable here: %s\n", err);
     return EXIT_SKIP;
   }
+  kvm_probe_describe(&v.probe, line, sizeof line);
   if (strcmp(cmd, "probe") == 0) {
-    kvm_probe_describe(&v.probe, line, sizeof line);
     printf("%s\n", line);
     return 0;
   }
+  say("%s", line); /* what is in use, on every run */
   int rc = strcmp(cmd, "run") == 0 ? cmd_run(&v) : cmd_incoming(&v);
   if (v.store != NULL) cvmstate_store_close(v.store);
   cvmstate_vm_free(v.vm);
