@@ -28,7 +28,7 @@ LAYERS = {
     "migration": ["tracker", "codec", "schema"],
     "session": ["tracker", "store", "migration"],
     "capi": ["include", "tracker", "store", "migration", "session"],
-    "bench": ["tracker", "text"],
+    "bench": ["tracker", "sim", "text"],
     "tools": ["tracker", "sim", "text", "store", "migration", "session", "bench"],
     "examples": ["include"],
 }

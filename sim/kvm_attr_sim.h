@@ -7,8 +7,9 @@
 #define CVMSTATE_KVM_ATTR_SIM_H_
 
 #include <cstdint>
-#include <map>
+#include <vector>
 
+#include "sim/sorted_ranges.h"
 #include "tracker/listener.h"
 
 namespace cvmstate {
@@ -21,12 +22,12 @@ class KvmAttributeSim : public MemoryAttributeListener {
 
   uint64_t private_bytes() const { return private_bytes_; }
   uint64_t calls() const { return calls_; }
-  // Private ranges, merged: offset -> end.
-  const std::map<uint64_t, uint64_t>& ranges() const { return ranges_; }
+  // Private ranges, maximal (never touching), ascending.
+  std::vector<SortedRanges::Range> ranges() const { return ranges_.All(); }
+  size_t range_count() const { return ranges_.size(); }
 
  private:
-  void Remove(uint64_t offset, uint64_t end);
-  std::map<uint64_t, uint64_t> ranges_;
+  SortedRanges ranges_;
   uint64_t private_bytes_ = 0;
   uint64_t calls_ = 0;
 };

@@ -28,7 +28,11 @@ std::unique_ptr<DmaMappingListener> VfioContainer::MakeListener(const std::strin
 }
 
 void VfioContainer::Insert(BlockMaps* b, uint64_t offset, uint64_t length) {
-  b->maps.emplace(offset, length);
+  b->maps.Insert(offset, offset + length);
+  Counted(b);
+}
+
+void VfioContainer::Counted(BlockMaps*) {
   ++stats_.maps;
   ++stats_.mappings;
   stats_.peak = std::max(stats_.peak, stats_.mappings);
@@ -43,13 +47,9 @@ Status VfioContainer::Map(BlockMaps* b, uint64_t offset, uint64_t size) {
                            Hex(offset + size) + ") needs " + std::to_string(need) + " more)");
   }
   // The kernel refuses a mapping that overlaps a live one.
-  auto it = b->maps.lower_bound(offset);
-  bool overlap = it != b->maps.end() && it->first < offset + size;
-  if (it != b->maps.begin()) {
-    auto prev = std::prev(it);
-    overlap |= prev->first + prev->second > offset;
-  }
-  if (overlap) {
+  const bool free = mode_ == Mode::kGranule ? !b->maps.Overlaps(offset, offset + size)
+                                            : b->maps.InsertIfFree(offset, offset + size);
+  if (!free) {
     ++stats_.violations;
     return Status::Refused("vfio: mapping [" + Hex(offset) + ", " + Hex(offset + size) + ") of " + b->name +
                            " overlaps a live mapping");
@@ -57,22 +57,17 @@ Status VfioContainer::Map(BlockMaps* b, uint64_t offset, uint64_t size) {
   if (mode_ == Mode::kGranule) {
     for (uint64_t p = offset; p < offset + size; p += b->page_size) Insert(b, p, b->page_size);
   } else {
-    Insert(b, offset, size);
+    Counted(b);  // inserted above
   }
   return Status::OK();
 }
 
 void VfioContainer::Unmap(BlockMaps* b, uint64_t offset, uint64_t size) {
   const uint64_t end = offset + size;
-  auto it = b->maps.lower_bound(offset);
-  if (it != b->maps.begin()) {
-    auto prev = std::prev(it);
-    if (prev->first + prev->second > offset) it = prev;
-  }
-  while (it != b->maps.end() && it->first < end) {
-    const uint64_t mb = it->first, me = it->first + it->second;
-    if (mb >= offset && me <= end) {
-      it = b->maps.erase(it);
+  b->maps.Find(offset, end, false, &found_);
+  for (const SortedRanges::Range& m : found_) {
+    if (m.begin >= offset && m.end <= end) {
+      (void)b->maps.Erase(m.begin);
       ++stats_.unmaps;
       --stats_.mappings;
       continue;
@@ -80,23 +75,21 @@ void VfioContainer::Unmap(BlockMaps* b, uint64_t offset, uint64_t size) {
     // Only part of this mapping is discarded.
     if (mode_ == Mode::kGranule) {
       ++stats_.violations;  // type1 refuses to unmap part of a mapping
-      ++it;
       continue;
     }
-    it = b->maps.erase(it);
+    (void)b->maps.Erase(m.begin);
     ++stats_.unmaps;
     --stats_.mappings;
     ++stats_.cuts;
-    if (mb < offset) Insert(b, mb, offset - mb);
-    if (me > end) Insert(b, end, me - end);
-    it = b->maps.lower_bound(std::min(me, end));  // the next mapping not yet looked at
+    if (m.begin < offset) Insert(b, m.begin, offset - m.begin);
+    if (m.end > end) Insert(b, end, m.end - end);
   }
 }
 
 std::vector<VfioContainer::Mapping> VfioContainer::LiveMappings() const {
   std::vector<Mapping> out;
   for (const auto& b : blocks_) {
-    for (const auto& [off, len] : b->maps) out.push_back({b->name, off, len});
+    for (const SortedRanges::Range& r : b->maps.All()) out.push_back({b->name, r.begin, r.end - r.begin});
   }
   return out;
 }

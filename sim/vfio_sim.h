@@ -11,11 +11,11 @@
 #define CVMSTATE_VFIO_SIM_H_
 
 #include <cstdint>
-#include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "sim/sorted_ranges.h"
 #include "tracker/listener.h"
 
 namespace cvmstate {
@@ -59,11 +59,13 @@ class VfioContainer {
   struct BlockMaps {
     std::string name;
     uint64_t page_size;
-    std::map<uint64_t, uint64_t> maps;  // offset -> length
+    SortedRanges maps;  // live mappings: [offset, offset + length)
   };
   Status Map(BlockMaps* b, uint64_t offset, uint64_t size);
   void Unmap(BlockMaps* b, uint64_t offset, uint64_t size);
   void Insert(BlockMaps* b, uint64_t offset, uint64_t length);
+  void Counted(BlockMaps* b);  // counts a mapping just added
+  std::vector<SortedRanges::Range> found_;  // Unmap's scratch
 
   Mode mode_;
   uint64_t limit_;

@@ -57,10 +57,15 @@ int RunBenchCommand(const BenchOptions& o) {
       char buf[512];
       std::snprintf(buf, sizeof buf,
                     "%s\"%s\": {\"bytes\": %" PRIu64 ", \"apply_ns\": %.2f, \"lookup_ns\": %.2f, "
-                    "\"scan_shared_ns\": %.0f, \"runs\": %" PRIu64 ", \"shared_runs\": %" PRIu64 "}",
+                    "\"scan_shared_ns\": %.0f, \"runs\": %" PRIu64 ", \"shared_runs\": %" PRIu64,
                     first ? "" : ", ", r.name.c_str(), r.bytes, r.apply_ns, r.lookup_ns, r.scan_shared_ns, r.runs,
                     r.shared_runs);
       j += buf;
+      if (&r == &rep.impls[0]) {
+        std::snprintf(buf, sizeof buf, ", \"apply_listeners_ns\": %.2f", r.apply_listeners_ns);
+        j += buf;
+      }
+      j += "}";
       first = false;
     }
     j += "}, \"agree\": " + std::string(rep.agree ? "true" : "false") + "}\n";
@@ -68,16 +73,21 @@ int RunBenchCommand(const BenchOptions& o) {
   } else {
     std::printf("trace %s: %" PRIu64 " conversions, %zu block(s), median of %d run(s)\n", o.trace.c_str(),
                 rep.ops, trace.blocks.size(), o.repeat);
-    std::printf("%-9s %14s %8s %10s %10s %16s %10s\n", "impl", "bytes", "B/run", "apply ns", "lookup ns",
-                "scan-shared ns", "runs");
+    std::printf("%-9s %14s %8s %10s %10s %16s %10s %14s\n", "impl", "bytes", "B/run", "apply ns", "lookup ns",
+                "scan-shared ns", "runs", "listeners ns");
     for (const auto& r : rep.impls) {
       if (!r.supported) {
         std::printf("%-9s (not run: %s)\n", r.name.c_str(), r.why_unsupported.c_str());
         continue;
       }
-      std::printf("%-9s %14" PRIu64 " %8.2f %10.1f %10.1f %16.0f %10" PRIu64 "\n", r.name.c_str(), r.bytes,
+      std::printf("%-9s %14" PRIu64 " %8.2f %10.1f %10.1f %16.0f %10" PRIu64, r.name.c_str(), r.bytes,
                   r.runs ? static_cast<double>(r.bytes) / static_cast<double>(r.runs) : 0.0, r.apply_ns,
                   r.lookup_ns, r.scan_shared_ns, r.runs);
+      if (&r == &rep.impls[0]) {
+        std::printf(" %14.1f\n", r.apply_listeners_ns);
+      } else {
+        std::printf(" %14s\n", "-");
+      }
     }
     const bench::ImplResult& c = rep.impls[0];
     std::printf("cvmstate against each baseline (lower is better for cvmstate):\n");

@@ -25,7 +25,7 @@ void HostListeners::Detach(VmState* vm) {
 
 uint64_t HostListeners::PrivateRanges() const {
   uint64_t n = 0;
-  for (const auto& k : kvm_) n += k->ranges().size();
+  for (const auto& k : kvm_) n += k->range_count();
   return n;
 }
 

@@ -63,8 +63,13 @@ Status BlockTracker::Convert(uint64_t offset, uint64_t size, PageState state) {
   Status s = ValidateRange(offset, size);
   if (!s.ok()) return s;
   const uint64_t end = offset + size;
-  std::vector<ByteRun> changed;
-  std::vector<std::vector<Change>> per(listeners_.size());
+  // Scratch kept between calls: a conversion allocates nothing once the
+  // vectors have grown (listeners never call back in, so none is in use).
+  std::vector<ByteRun>& changed = scratch_changed_;
+  changed.clear();
+  std::vector<std::vector<Change>>& per = scratch_per_;
+  if (per.size() != listeners_.size()) per.resize(listeners_.size());
+  for (auto& v : per) v.clear();
   if (!listeners_.empty()) {
     for (const Registration& r : listeners_) {
       if (r.offset >= end || r.offset + r.size <= offset) continue;
@@ -84,7 +89,9 @@ Status BlockTracker::Convert(uint64_t offset, uint64_t size, PageState state) {
     if (changed.empty()) return Status::OK();
     for (size_t i = 0; i < listeners_.size(); ++i) Project(listeners_[i], changed, state, &per[i]);
     // Refusable notifications first, while the map is unchanged.
-    std::vector<std::vector<Change>> accepted(listeners_.size());
+    std::vector<std::vector<Change>>& accepted = scratch_accepted_;
+    if (accepted.size() != listeners_.size()) accepted.resize(listeners_.size());
+    for (auto& v : accepted) v.clear();
     for (size_t i = 0; i < listeners_.size(); ++i) {
       StateListener* l = listeners_[i].listener;
       for (const Change& c : per[i]) {

@@ -132,6 +132,11 @@ class BlockTracker {
   std::vector<Registration> listeners_;
   ChangeJournal journal_;
   bool journal_enabled_ = false;
+  // Convert's working vectors, reused so that a conversion does not
+  // allocate (one per listener in the last two).
+  std::vector<ByteRun> scratch_changed_;
+  std::vector<std::vector<Change>> scratch_per_;
+  std::vector<std::vector<Change>> scratch_accepted_;
 };
 
 }  // namespace cvmstate

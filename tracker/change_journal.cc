@@ -5,13 +5,12 @@
 namespace cvmstate {
 namespace {
 
-// Sorts by begin and merges overlapping or adjacent ranges. Entries with
-// epochs merge only within one epoch, so that a reader never gets an older
-// epoch's range back as changed since a newer one (readers trim the old
-// epochs away, which keeps this small).
+// Merges overlapping or adjacent ranges of a vector sorted by begin.
+// Entries with epochs merge only within one epoch, so that a reader never
+// gets an older epoch's range back as changed since a newer one (readers
+// trim the old epochs away, which keeps this small).
 template <typename E>
-void SortAndMerge(std::vector<E>* v) {
-  std::sort(v->begin(), v->end(), [](const E& a, const E& b) { return a.begin < b.begin; });
+void MergeSorted(std::vector<E>* v) {
   size_t out = 0;
   for (size_t i = 0; i < v->size(); ++i) {
     bool same_epoch = true;
@@ -24,6 +23,17 @@ void SortAndMerge(std::vector<E>* v) {
     }
   }
   v->resize(out);
+}
+
+template <typename E>
+bool ByBegin(const E& a, const E& b) {
+  return a.begin < b.begin;
+}
+
+template <typename E>
+void SortAndMerge(std::vector<E>* v) {
+  std::sort(v->begin(), v->end(), ByBegin<E>);
+  MergeSorted(v);
 }
 
 }  // namespace
@@ -44,9 +54,15 @@ void ChangeJournal::Record(uint64_t begin, uint64_t end) {
 }
 
 void ChangeJournal::Compact() {
+  // Sort only what is new and merge it into the sorted rest: each entry is
+  // sorted once, not again at every compaction.
+  SortAndMerge(&recent_);
+  const size_t mid = compacted_.size();
   compacted_.insert(compacted_.end(), recent_.begin(), recent_.end());
   recent_.clear();
-  SortAndMerge(&compacted_);
+  std::inplace_merge(compacted_.begin(), compacted_.begin() + static_cast<ptrdiff_t>(mid), compacted_.end(),
+                     ByBegin<Entry>);
+  MergeSorted(&compacted_);
 }
 
 std::vector<PageRange> ChangeJournal::ChangedSince(uint64_t since) const {

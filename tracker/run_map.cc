@@ -111,45 +111,68 @@ inline uint32_t ListFind(const uint16_t* starts, uint32_t n, uint32_t p) {
 
 RunMap::RunMap(uint64_t pages, PageState initial, unsigned chunk_shift)
     : pages_(pages), shift_(std::clamp(chunk_shift, kMinChunkShift, kMaxChunkShift)) {
-  dir_.push_back(Entry{nullptr, 0, 0, kUniform, static_cast<uint8_t>(initial)});
-  keys_.push_back(0);
+  segs_.push_back(Segment{{Entry{nullptr, 0, 0, kUniform, static_cast<uint8_t>(initial)}}, {0}});
+  seg_keys_.push_back(0);
+  sparse_entries_ = 1;
 }
 
 RunMap::~RunMap() {
-  for (size_t i = 0; i < dir_.size(); ++i) FreeEntry(dir_[i]);
+  for (Pos p{}; !IsEnd(p); p = Next(p)) FreeEntry(At(p));
 }
 
 RunMap::RunMap(RunMap&& o) noexcept
     : pages_(o.pages_),
       shift_(o.shift_),
       dir_(std::move(o.dir_)),
-      keys_(std::move(o.keys_)),
+      segs_(std::move(o.segs_)),
+      seg_keys_(std::move(o.seg_keys_)),
+      sparse_entries_(o.sparse_entries_),
       flat_(o.flat_),
       chunk_bytes_(o.chunk_bytes_) {
   o.dir_.clear();
-  o.keys_.clear();
+  o.segs_.clear();
+  o.seg_keys_.clear();
+  o.sparse_entries_ = 0;
+  o.flat_ = false;
   o.chunk_bytes_ = 0;
 }
 
 RunMap& RunMap::operator=(RunMap&& o) noexcept {
   if (this != &o) {
-    for (Entry& e : dir_) FreeEntry(e);
+    for (Pos p{}; !IsEnd(p); p = Next(p)) FreeEntry(At(p));
     pages_ = o.pages_;
     shift_ = o.shift_;
     dir_ = std::move(o.dir_);
-    keys_ = std::move(o.keys_);
+    segs_ = std::move(o.segs_);
+    seg_keys_ = std::move(o.seg_keys_);
+    sparse_entries_ = o.sparse_entries_;
     flat_ = o.flat_;
     chunk_bytes_ = o.chunk_bytes_;
     o.dir_.clear();
-    o.keys_.clear();
+    o.segs_.clear();
+    o.seg_keys_.clear();
+    o.sparse_entries_ = 0;
+    o.flat_ = false;
     o.chunk_bytes_ = 0;
   }
   return *this;
 }
 
-size_t RunMap::FindEntry(uint64_t chunk) const {
-  if (flat_) return static_cast<size_t>(chunk);
-  return static_cast<size_t>(std::upper_bound(keys_.begin(), keys_.end(), chunk) - keys_.begin()) - 1;
+namespace {
+
+// Index of the last key at or before k in sorted keys[0, n), n >= 1 and
+// keys[0] <= k.
+inline size_t LastAtOrBefore(const uint64_t* keys, size_t n, uint64_t k) {
+  return static_cast<size_t>(std::upper_bound(keys, keys + n, k) - keys) - 1;
+}
+
+}  // namespace
+
+RunMap::Pos RunMap::FindEntry(uint64_t chunk) const {
+  if (flat_) return Pos{0, static_cast<size_t>(chunk)};
+  const size_t seg = LastAtOrBefore(seg_keys_.data(), seg_keys_.size(), chunk);
+  const std::vector<uint64_t>& keys = segs_[seg].keys;
+  return Pos{seg, LastAtOrBefore(keys.data(), keys.size(), chunk)};
 }
 
 void RunMap::FreeEntry(Entry& e) {
@@ -172,43 +195,125 @@ void RunMap::MakeUniform(Entry& e, PageState s) {
   e.state = static_cast<uint8_t>(s);
 }
 
-void RunMap::InsertEntry(size_t at, uint64_t first_chunk, const Entry& e) {
-  dir_.insert(dir_.begin() + static_cast<ptrdiff_t>(at), e);
-  keys_.insert(keys_.begin() + static_cast<ptrdiff_t>(at), first_chunk);
+RunMap::Pos RunMap::InsertEntry(Pos at, uint64_t first_chunk, const Entry& e) {
+  Segment& sg = segs_[at.seg];
+  sg.entries.insert(sg.entries.begin() + static_cast<ptrdiff_t>(at.idx), e);
+  sg.keys.insert(sg.keys.begin() + static_cast<ptrdiff_t>(at.idx), first_chunk);
+  seg_keys_[at.seg] = sg.keys.front();
+  ++sparse_entries_;
+  if (sg.entries.size() <= kSegmentMax) return at;
+  // Split in halves: the index grows by one per kSegmentMax / 2 inserts.
+  const size_t half = sg.entries.size() / 2;
+  Segment upper{std::vector<Entry>(sg.entries.begin() + static_cast<ptrdiff_t>(half), sg.entries.end()),
+                std::vector<uint64_t>(sg.keys.begin() + static_cast<ptrdiff_t>(half), sg.keys.end())};
+  sg.entries.resize(half);
+  sg.keys.resize(half);
+  sg.entries.shrink_to_fit();
+  sg.keys.shrink_to_fit();
+  const uint64_t upper_key = upper.keys.front();
+  segs_.insert(segs_.begin() + static_cast<ptrdiff_t>(at.seg) + 1, std::move(upper));
+  seg_keys_.insert(seg_keys_.begin() + static_cast<ptrdiff_t>(at.seg) + 1, upper_key);
+  return at.idx < half ? at : Pos{at.seg + 1, at.idx - half};
 }
 
-void RunMap::EraseEntries(size_t from, size_t to) {
-  dir_.erase(dir_.begin() + static_cast<ptrdiff_t>(from), dir_.begin() + static_cast<ptrdiff_t>(to));
-  keys_.erase(keys_.begin() + static_cast<ptrdiff_t>(from), keys_.begin() + static_cast<ptrdiff_t>(to));
+void RunMap::EraseEntries(Pos from, Pos to) {
+  const size_t first_seg = from.seg;
+  size_t seg = from.seg;
+  while (from != to) {
+    Segment& sg = segs_[seg];
+    const size_t stop = to.seg == seg ? to.idx : sg.entries.size();
+    sg.entries.erase(sg.entries.begin() + static_cast<ptrdiff_t>(from.idx),
+                     sg.entries.begin() + static_cast<ptrdiff_t>(stop));
+    sg.keys.erase(sg.keys.begin() + static_cast<ptrdiff_t>(from.idx), sg.keys.begin() + static_cast<ptrdiff_t>(stop));
+    sparse_entries_ -= stop - from.idx;
+    if (to.seg == seg) break;
+    ++seg;
+    from = Pos{seg, 0};
+  }
+  // Drop the segments left empty, then refresh the index.
+  size_t out = first_seg;
+  const size_t last = std::min(seg, segs_.size() - 1);
+  for (size_t k = out; k <= last; ++k) {
+    if (!segs_[k].entries.empty()) {
+      if (out != k) segs_[out] = std::move(segs_[k]);
+      seg_keys_[out] = segs_[out].keys.front();
+      ++out;
+    }
+  }
+  if (out != last + 1) {
+    segs_.erase(segs_.begin() + static_cast<ptrdiff_t>(out), segs_.begin() + static_cast<ptrdiff_t>(last) + 1);
+    seg_keys_.erase(seg_keys_.begin() + static_cast<ptrdiff_t>(out),
+                    seg_keys_.begin() + static_cast<ptrdiff_t>(last) + 1);
+  }
+  MergeSmallSegment(first_seg);
+  // Give back what a large erase left unused.
+  if (segs_.size() * 4 < segs_.capacity()) {
+    segs_.shrink_to_fit();
+    seg_keys_.shrink_to_fit();
+  }
+  for (size_t k = first_seg; k < segs_.size() && k <= first_seg + 1; ++k) {
+    Segment& sg = segs_[k];
+    if (sg.entries.capacity() > 16 && sg.entries.size() * 4 < sg.entries.capacity()) {
+      sg.entries.shrink_to_fit();
+      sg.keys.shrink_to_fit();
+    }
+  }
 }
 
-size_t RunMap::SplitAt(uint64_t chunk) {
-  size_t i = FindEntry(chunk);
-  if (flat_ || keys_[i] == chunk) return i;
+void RunMap::MergeSmallSegment(size_t seg) {
+  // Keeps segments from thinning into many tiny ones (index and per
+  // segment overhead stay O(entries / kSegmentMax) in steady use).
+  for (size_t k : {seg, seg + 1}) {
+    if (k == 0 || k >= segs_.size()) continue;
+    Segment& a = segs_[k - 1];
+    Segment& b = segs_[k];
+    if (std::min(a.entries.size(), b.entries.size()) * 4 >= kSegmentMax ||
+        a.entries.size() + b.entries.size() > kSegmentMax) {
+      continue;
+    }
+    a.entries.insert(a.entries.end(), b.entries.begin(), b.entries.end());
+    a.keys.insert(a.keys.end(), b.keys.begin(), b.keys.end());
+    segs_.erase(segs_.begin() + static_cast<ptrdiff_t>(k));
+    seg_keys_.erase(seg_keys_.begin() + static_cast<ptrdiff_t>(k));
+    return;
+  }
+}
+
+void RunMap::MakeFlat() {
+  const uint64_t nc = num_chunks();
+  std::vector<Entry> flat;
+  flat.reserve(nc);
+  for (Pos p{}; !IsEnd(p); p = Next(p)) {
+    const uint64_t end = EndChunk(p);
+    for (uint64_t c = FirstChunk(p); c < end; ++c) flat.push_back(At(p));
+  }
+  dir_ = std::move(flat);
+  segs_.clear();
+  segs_.shrink_to_fit();
+  seg_keys_.clear();
+  seg_keys_.shrink_to_fit();
+  sparse_entries_ = 0;
+  flat_ = true;
+}
+
+RunMap::Pos RunMap::SplitAt(uint64_t chunk) {
+  const Pos i = FindEntry(chunk);
+  if (flat_ || FirstChunk(i) == chunk) return i;
   // Only a uniform entry spans several chunks, so only one can be split.
-  InsertEntry(i + 1, chunk, Entry{nullptr, 0, 0, kUniform, dir_[i].state});
+  const Pos at = InsertEntry(Pos{i.seg, i.idx + 1}, chunk, Entry{nullptr, 0, 0, kUniform, At(i).state});
   // Once the directory is a sizeable part of a flat one, go flat: lookups
   // become an index and splits stop moving the directory.
   const uint64_t nc = num_chunks();
-  if (nc <= kMaxFlatChunks && dir_.size() * 8 > nc) {
-    std::vector<Entry> flat;
-    flat.reserve(nc);
-    for (size_t k = 0; k < dir_.size(); ++k) {
-      const uint64_t end = EntryEndChunk(k);
-      for (uint64_t c = keys_[k]; c < end; ++c) flat.push_back(dir_[k]);
-    }
-    dir_ = std::move(flat);
-    keys_.clear();
-    keys_.shrink_to_fit();
-    flat_ = true;
-    return static_cast<size_t>(chunk);
+  if (nc <= kMaxFlatChunks && NumEntries() * 8 > nc) {
+    MakeFlat();
+    return Pos{0, static_cast<size_t>(chunk)};
   }
-  return i + 1;
+  return at;
 }
 
 PageState RunMap::Get(uint64_t page) const {
   const uint64_t chunk = page >> shift_;
-  const Entry& e = dir_[FindEntry(chunk)];
+  const Entry& e = At(FindEntry(chunk));
   const uint64_t local = page - ChunkBegin(chunk);
   switch (e.kind) {
     case kUniform:
@@ -295,32 +400,32 @@ void RunMap::AssignWholeChunks(uint64_t c0, uint64_t c1, PageState s, StateCount
   const uint8_t sv = static_cast<uint8_t>(s);
   SplitAt(c0);
   if (c1 < num_chunks()) SplitAt(c1);
-  const size_t i0 = FindEntry(c0);  // a split may have made the directory flat
-  const size_t i1 = c1 < num_chunks() ? FindEntry(c1) : dir_.size();
+  const Pos i0 = FindEntry(c0);  // a split may have made the directory flat, or moved entries
+  const Pos i1 = c1 < num_chunks() ? FindEntry(c1) : End();
   if (changed) {
     StateCounts before{};
-    for (size_t i = i0; i < i1; ++i) {
-      const uint64_t len = std::min(ChunkBegin(EntryEndChunk(i)), pages_) - ChunkBegin(EntryFirstChunk(i));
-      AddEntryStates(dir_[i], len, &before);
+    for (Pos i = i0; i != i1; i = Next(i)) {
+      const uint64_t len = std::min(ChunkBegin(EndChunk(i)), pages_) - ChunkBegin(FirstChunk(i));
+      AddEntryStates(At(i), len, &before);
     }
     for (int k = 0; k < kNumPageStates; ++k)
       if (k != sv) (*changed)[k] += before[k];
   }
   if (flat_) {
-    for (size_t i = i0; i < i1; ++i) MakeUniform(dir_[i], s);
+    for (Pos i = i0; i != i1; i = Next(i)) MakeUniform(At(i), s);
     return;
   }
-  for (size_t i = i0; i < i1; ++i) FreeEntry(dir_[i]);
-  dir_[i0] = Entry{nullptr, 0, 0, kUniform, sv};
-  size_t erase_from = i0 + 1, erase_to = i1;
+  for (Pos i = i0; i != i1; i = Next(i)) FreeEntry(At(i));
+  At(i0) = Entry{nullptr, 0, 0, kUniform, sv};
+  Pos erase_from = Next(i0), erase_to = i1;
   // Merge with uniform neighbours of the same state to keep entries O(runs).
-  if (erase_to < dir_.size() && dir_[erase_to].kind == kUniform && dir_[erase_to].state == sv) ++erase_to;
-  if (i0 > 0 && dir_[i0 - 1].kind == kUniform && dir_[i0 - 1].state == sv) --erase_from;
+  if (!IsEnd(erase_to) && At(erase_to).kind == kUniform && At(erase_to).state == sv) erase_to = Next(erase_to);
+  if (i0 != Pos{} && At(Prev(i0)).kind == kUniform && At(Prev(i0)).state == sv) erase_from = i0;
   EraseEntries(erase_from, erase_to);
 }
 
 void RunMap::AssignInChunk(uint64_t chunk, uint32_t a, uint32_t b, PageState s, StateCounts* changed) {
-  size_t i = chunk;  // a flat directory needs no splitting
+  Pos i{0, static_cast<size_t>(chunk)};  // a flat directory needs no splitting
   if (!flat_) {
     i = SplitAt(chunk);
     if (chunk + 1 < num_chunks()) {
@@ -328,7 +433,7 @@ void RunMap::AssignInChunk(uint64_t chunk, uint32_t a, uint32_t b, PageState s, 
       i = FindEntry(chunk);
     }
   }
-  Entry& e = dir_[i];
+  Entry& e = At(i);
   const uint32_t len = static_cast<uint32_t>(ChunkLen(chunk));
   const unsigned sv = static_cast<unsigned>(s);
   switch (e.kind) {
@@ -519,20 +624,24 @@ StateCounts RunMap::CountStates() const {
 }
 
 size_t RunMap::MemoryBytes() const {
-  return dir_.capacity() * sizeof(Entry) + keys_.capacity() * sizeof(uint64_t) + chunk_bytes_;
+  size_t n = dir_.capacity() * sizeof(Entry) + segs_.capacity() * sizeof(Segment) +
+             seg_keys_.capacity() * sizeof(uint64_t) + chunk_bytes_;
+  for (const Segment& sg : segs_) n += sg.entries.capacity() * sizeof(Entry) + sg.keys.capacity() * sizeof(uint64_t);
+  return n;
 }
 
 void RunMap::CompactDense() {
-  for (size_t i = 0; i < dir_.size(); ++i) {
-    Entry& e = dir_[i];
-    if (e.kind == kDense) RecheckDense(e, static_cast<uint32_t>(ChunkLen(EntryFirstChunk(i))));
+  for (Pos i{}; !IsEnd(i); i = Next(i)) {
+    Entry& e = At(i);
+    if (e.kind == kDense) RecheckDense(e, static_cast<uint32_t>(ChunkLen(FirstChunk(i))));
   }
 }
 
 RunMap::Shape RunMap::GetShape() const {
   Shape s;
-  s.entries = dir_.size();
-  for (const Entry& e : dir_) {
+  s.entries = NumEntries();
+  for (Pos i{}; !IsEnd(i); i = Next(i)) {
+    const Entry& e = At(i);
     if (e.kind == kUniform) ++s.uniform;
     if (e.kind == kList) ++s.list;
     if (e.kind == kDense) ++s.dense;
@@ -541,15 +650,15 @@ RunMap::Shape RunMap::GetShape() const {
 }
 
 RunMap::Cursor::Cursor(const RunMap& map, uint64_t begin, uint64_t end)
-    : map_(map), end_(std::min(end, map.pages_)), pos_(begin), entry_(0), list_index_(UINT32_MAX) {
+    : map_(map), end_(std::min(end, map.pages_)), pos_(begin), entry_{}, list_index_(UINT32_MAX) {
   if (pos_ < end_) entry_ = map_.FindEntry(pos_ >> map_.shift_);
 }
 
 bool RunMap::Cursor::NextPiece(Run* out) {
   if (pos_ >= end_) return false;
-  const Entry& e = map_.dir_[entry_];
-  const uint64_t ebegin = map_.ChunkBegin(map_.EntryFirstChunk(entry_));
-  uint64_t eend = std::min(map_.ChunkBegin(map_.EntryEndChunk(entry_)), map_.pages_);
+  const Entry& e = map_.At(entry_);
+  const uint64_t ebegin = map_.ChunkBegin(map_.FirstChunk(entry_));
+  uint64_t eend = std::min(map_.ChunkBegin(map_.EndChunk(entry_)), map_.pages_);
   uint64_t pend;
   unsigned st;
   switch (e.kind) {
@@ -557,15 +666,15 @@ bool RunMap::Cursor::NextPiece(Run* out) {
       // A stretch of uniform entries in one state is one piece: walking a
       // mostly uniform terabyte costs its runs, not its chunks.
       st = e.state;
-      size_t last = entry_;
-      const auto& dir = map_.dir_;
-      while (last + 1 < dir.size() && dir[last + 1].kind == kUniform && dir[last + 1].state == st &&
-             map_.ChunkBegin(map_.EntryFirstChunk(last + 1)) < end_) {
-        ++last;
+      Pos last = entry_;
+      for (Pos n = map_.Next(last); !map_.IsEnd(n); n = map_.Next(n)) {
+        const Entry& ne = map_.At(n);
+        if (ne.kind != kUniform || ne.state != st || map_.ChunkBegin(map_.FirstChunk(n)) >= end_) break;
+        last = n;
       }
       if (last != entry_) {
         entry_ = last;
-        eend = std::min(map_.ChunkBegin(map_.EntryEndChunk(last)), map_.pages_);
+        eend = std::min(map_.ChunkBegin(map_.EndChunk(last)), map_.pages_);
       }
       pend = eend;
       break;
@@ -593,7 +702,7 @@ bool RunMap::Cursor::NextPiece(Run* out) {
   out->state = static_cast<PageState>(st);
   pos_ = out->end;
   if (pos_ == eend) {
-    ++entry_;
+    entry_ = map_.Next(entry_);
     list_index_ = UINT32_MAX;
   }
   return true;

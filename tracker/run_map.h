@@ -9,9 +9,12 @@
 // O(runs), never above about 2 bits a page plus a 16-byte entry per chunk,
 // and a block of any size starts as one entry: O(1) to declare.
 //
-// The directory starts sparse (sorted by first chunk, binary searched) and
-// turns flat (entry i is chunk i, found by index) once it would hold an
-// eighth of the chunks anyway.
+// The directory starts sparse (sorted by first chunk, in segments of at
+// most kSegmentMax entries under a sorted index of their first chunks, so
+// that a search reads the index and one segment and an insert moves at
+// most one segment: O(log n) plus a segment per conversion, in any order)
+// and turns flat (entry i is chunk i, found by index) once it would hold an
+// eighth of the chunks anyway, for blocks of at most kMaxFlatChunks chunks.
 //
 // Chunking is invisible from outside: ForEachRun reports maximal runs.
 // Not thread-safe; callers serialize access.
@@ -22,6 +25,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "tracker/page_state.h"
@@ -36,6 +40,30 @@ struct Run {
 
 // Pages per state (indexed by PageState value).
 using StateCounts = std::array<uint64_t, kNumPageStates>;
+
+namespace run_map_internal {
+// For each byte value, the positions of its set bits in ascending order
+// and how many there are.
+struct SetBitTable {
+  struct Row {
+    uint8_t pos[8];
+    uint8_t count;
+  };
+  Row rows[256];
+};
+constexpr SetBitTable MakeSetBitTable() {
+  SetBitTable t{};
+  for (unsigned v = 0; v < 256; ++v) {
+    uint8_t n = 0;
+    for (uint8_t b = 0; b < 8; ++b) {
+      if ((v >> b) & 1) t.rows[v].pos[n++] = b;
+    }
+    t.rows[v].count = n;
+  }
+  return t;
+}
+inline constexpr SetBitTable kSetBits = MakeSetBitTable();
+}  // namespace run_map_internal
 
 class RunMap {
  public:
@@ -103,6 +131,15 @@ class RunMap {
   };
   Shape GetShape() const;
 
+ private:
+  // Where a directory entry is: flat, dir_[idx]; sparse,
+  // segs_[seg].entries[idx].
+  struct Pos {
+    size_t seg = 0, idx = 0;
+    bool operator==(const Pos&) const = default;
+  };
+
+ public:
   // A cursor over maximal runs of [begin, end); what ForEachRun uses.
   class Cursor {
    public:
@@ -115,7 +152,7 @@ class RunMap {
     const RunMap& map_;
     uint64_t end_;
     uint64_t pos_;          // first page not yet reported
-    size_t entry_;          // directory entry holding pos_
+    Pos entry_;             // directory entry holding pos_
     uint32_t list_index_;   // position within a list entry
     bool have_pending_ = false;
     Run pending_{};
@@ -136,17 +173,42 @@ class RunMap {
   }
   static size_t ListBytes(uint32_t cap) { return size_t{cap} * (sizeof(uint16_t) + 1); }
 
+  // A sparse segment: entries and their first chunks, never empty.
+  struct Segment {
+    std::vector<Entry> entries;
+    std::vector<uint64_t> keys;
+  };
+  // A segment splits in halves above this many entries, and one that falls
+  // below a quarter of it merges with a neighbour when they fit together.
+  static constexpr size_t kSegmentMax = 512;
+
   uint64_t ChunkBegin(uint64_t chunk) const { return chunk << shift_; }
   uint64_t ChunkLen(uint64_t chunk) const { return std::min(chunk_pages(), pages_ - ChunkBegin(chunk)); }
-  uint64_t EntryFirstChunk(size_t i) const { return flat_ ? i : keys_[i]; }
-  uint64_t EntryEndChunk(size_t i) const {
-    return i + 1 < dir_.size() ? EntryFirstChunk(i + 1) : num_chunks();
+  Entry& At(Pos p) { return flat_ ? dir_[p.idx] : segs_[p.seg].entries[p.idx]; }
+  const Entry& At(Pos p) const { return flat_ ? dir_[p.idx] : segs_[p.seg].entries[p.idx]; }
+  uint64_t FirstChunk(Pos p) const { return flat_ ? p.idx : segs_[p.seg].keys[p.idx]; }
+  Pos End() const { return flat_ ? Pos{0, dir_.size()} : Pos{segs_.size(), 0}; }
+  bool IsEnd(Pos p) const { return flat_ ? p.idx >= dir_.size() : p.seg >= segs_.size(); }
+  Pos Next(Pos p) const {
+    if (flat_ || p.idx + 1 < segs_[p.seg].entries.size()) return Pos{p.seg, p.idx + 1};
+    return Pos{p.seg + 1, 0};
   }
+  // Requires p to be an entry other than the first.
+  Pos Prev(Pos p) const {
+    if (flat_ || p.idx > 0) return Pos{p.seg, p.idx - 1};
+    return Pos{p.seg - 1, segs_[p.seg - 1].entries.size() - 1};
+  }
+  uint64_t EndChunk(Pos p) const {
+    const Pos n = Next(p);
+    return IsEnd(n) ? num_chunks() : FirstChunk(n);
+  }
+  size_t NumEntries() const { return flat_ ? dir_.size() : sparse_entries_; }
   // Above this many runs a list chunk turns dense: past the break-even with
   // the dense form, capped so that inserting into a list stays cheap.
+  static constexpr uint32_t kListMaxRunsCap = 512;
   uint32_t ListMaxRuns() const {
     uint64_t even = chunk_pages() / 12;
-    return static_cast<uint32_t>(even < 2 ? 2 : (even > 512 ? 512 : even));
+    return static_cast<uint32_t>(even < 2 ? 2 : (even > kListMaxRunsCap ? kListMaxRunsCap : even));
   }
   size_t DenseWords(uint64_t len) const { return (len + 31) / 32; }
   // Dense chunks do not count their runs on every conversion (that would
@@ -154,8 +216,8 @@ class RunMap {
   // small conversions, or after any large one.
   static constexpr uint32_t kDenseRecheck = 1024;
 
-  size_t FindEntry(uint64_t chunk) const;
-  size_t SplitAt(uint64_t chunk);  // ensures an entry starts at chunk; returns its index
+  Pos FindEntry(uint64_t chunk) const;
+  Pos SplitAt(uint64_t chunk);  // ensures an entry starts at chunk; returns where it is
   void AssignInChunk(uint64_t chunk, uint32_t a, uint32_t b, PageState s, StateCounts* changed);
   void AssignWholeChunks(uint64_t c0, uint64_t c1, PageState s, StateCounts* changed);
   void ListAssign(Entry& e, uint32_t len, uint32_t a, uint32_t b, PageState s, StateCounts* changed);
@@ -170,14 +232,21 @@ class RunMap {
   void FreeEntry(Entry& e);
   void AddEntryStates(const Entry& e, uint64_t len, StateCounts* counts) const;
   void SetPage(uint64_t page, PageState s, StateCounts* changed);
-  void InsertEntry(size_t at, uint64_t first_chunk, const Entry& e);
-  void EraseEntries(size_t from, size_t to);
+  // Sparse only: inserts e before position at (at.idx may be one past its
+  // segment's last entry) and returns where it went.
+  Pos InsertEntry(Pos at, uint64_t first_chunk, const Entry& e);
+  // Sparse only: removes the entries [from, to).
+  void EraseEntries(Pos from, Pos to);
+  void MergeSmallSegment(size_t seg);
+  void MakeFlat();
 
   uint64_t pages_;
   unsigned shift_;
-  std::vector<Entry> dir_;
-  std::vector<uint64_t> keys_;  // sparse: first chunk of each entry; empty when flat
-  bool flat_ = false;           // dir_[i] covers exactly chunk i
+  std::vector<Entry> dir_;         // flat: entry i covers exactly chunk i; empty when sparse
+  std::vector<Segment> segs_;      // sparse: the entries in order; empty when flat
+  std::vector<uint64_t> seg_keys_;  // sparse: first chunk of each segment
+  size_t sparse_entries_ = 0;
+  bool flat_ = false;
   size_t chunk_bytes_ = 0;  // bytes held by list and dense chunks
 };
 
@@ -217,22 +286,58 @@ void RunMap::ForEachRunOf(PageState s, uint64_t begin, uint64_t end, Fn&& fn) co
     }
   };
   constexpr uint64_t kLo = 0x5555555555555555ULL;
-  for (size_t i = FindEntry(begin >> shift_); i < dir_.size(); ++i) {
-    const Entry& e = dir_[i];
-    uint64_t eb = ChunkBegin(EntryFirstChunk(i));
+  for (Pos i = FindEntry(begin >> shift_); !IsEnd(i); i = Next(i)) {
+    const Entry& e = At(i);
+    uint64_t eb = ChunkBegin(FirstChunk(i));
     if (eb >= end) break;
-    uint64_t ee = std::min(ChunkBegin(EntryEndChunk(i)), pages_);
+    uint64_t ee = std::min(ChunkBegin(EndChunk(i)), pages_);
     const bool clip = eb < begin || ee > end;
     if (e.kind == kUniform) {
       if (e.state == sv) emit(std::max(eb, begin), std::min(ee, end), true);
     } else if (e.kind == kList && !clip) {
+      // Collect the indexes of runs of s eight at a time without a branch
+      // per run: a state byte equal to s leaves a 1 in its low bit (states
+      // are below 4), and the eight bits index a table of their positions.
+      // Reporting then branches per run of s only.
       const uint16_t* st = Starts(e);
       const uint8_t* ss = States(e);
-      const uint32_t last = e.count - 1;
-      for (uint32_t k = 0; k < last; ++k) {
-        if (ss[k] == sv) emit(eb + st[k], eb + st[k + 1], false);
+      const uint32_t n = e.count;
+      // Each list is an allocation of its own: fetch the next one while
+      // this one is read.
+      if (const Pos next = Next(i); !IsEnd(next)) __builtin_prefetch(At(next).data);
+      uint16_t hits[kListMaxRunsCap + 8];
+      uint32_t nh = 0;
+      constexpr uint64_t kBytes = 0x0101010101010101ULL;
+      uint32_t k = 0;
+      for (; k + 8 <= n; k += 8) {
+        uint64_t x;
+        std::memcpy(&x, ss + k, sizeof x);
+        x ^= kBytes * sv;
+        const uint64_t m = ~(x | (x >> 1)) & kBytes;
+        if (m == 0) continue;
+        const run_map_internal::SetBitTable::Row& row =
+            run_map_internal::kSetBits.rows[static_cast<unsigned>((m * 0x0102040810204080ULL) >> 56)];
+        for (unsigned j = 0; j < 8; ++j) hits[nh + j] = static_cast<uint16_t>(k + row.pos[j]);
+        nh += row.count;
       }
-      if (ss[last] == sv) emit(eb + st[last], ee, true);
+      for (; k < n; ++k) {
+        hits[nh] = static_cast<uint16_t>(k);
+        nh += ss[k] == sv;
+      }
+      for (uint32_t h = 0; h < nh; ++h) {
+        const uint32_t r = hits[h];
+        if (r == 0 || r + 1 == n) {
+          // The first may continue a run left open by the previous entry,
+          // the last may go on into the next one.
+          emit(eb + st[r], r + 1 < n ? eb + st[r + 1] : ee, r + 1 == n);
+        } else {
+          if (open) {
+            fn(rb, re);
+            open = false;
+          }
+          fn(eb + st[r], eb + st[r + 1]);
+        }
+      }
     } else {
       // Dense entries, and the clipped first and last list entries: walk
       // the runs of s with the cursor's piece rules.

@@ -187,6 +187,9 @@ TEST_F(CliTest, BenchAgreesAndReportsEveryImplementation) {
   const size_t at = r.out.find("\"cvmstate\": {");
   EXPECT_GT(NumberAfter(r.out, "\"bytes\": ", at), 0);
   EXPECT_GT(NumberAfter(r.out, "\"runs\": ", at), 100);
+  // The listener path is cvmstate's alone.
+  EXPECT_GT(NumberAfter(r.out, "\"apply_listeners_ns\": ", at), 0);
+  EXPECT_EQ(r.out.find("apply_listeners_ns", r.out.find("\"bitmap\"")), std::string::npos) << r.out;
   ProcessResult table = Cvm({"bench", trace, "--repeat", "1"});
   EXPECT_EQ(table.exit_code, 0);
   EXPECT_NE(table.out.find("vs bitmap"), std::string::npos);

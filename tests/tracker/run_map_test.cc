@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <map>
 #include <random>
 #include <vector>
 
@@ -157,12 +158,44 @@ TEST(RunMapTest, PropertyAgainstModelDefaultChunks) {
   EXPECT_TRUE(seen.list);
 }
 
+// Long lists: runs come and go anywhere in lists of hundreds of runs, and
+// ForEachRunOf finds the runs of a state eight at a time among them.
+TEST(RunMapTest, LongListsKeepEveryStateAgainstModel) {
+  for (uint64_t seed = 1; seed <= 4; ++seed) {
+    std::mt19937_64 rng(seed);
+    const uint64_t pages = uint64_t{1} << 16;  // one chunk
+    RunMap map(pages, PageState::kPrivate, RunMap::kDefaultChunkShift);
+    Model model(pages, static_cast<uint8_t>(PageState::kPrivate));
+    // Runs in the first 3000 pages only, so the list stays below the
+    // point where it turns dense for most of the sequence.
+    for (int step = 0; step < 2500; ++step) {
+      const uint64_t a = rng() % 3000, b = a + 1 + (step % 5 == 0 ? rng() % 40 : 0);
+      const PageState s = static_cast<PageState>(rng() % 3);
+      for (uint64_t p = a; p < b; ++p) model[p] = static_cast<uint8_t>(s);
+      map.Assign(a, b, s);
+      for (int k = 0; k < 4; ++k) {
+        const uint64_t p = rng() % 3100;
+        ASSERT_EQ(static_cast<uint8_t>(map.Get(p)), model[p]) << "seed " << seed << " step " << step;
+      }
+      if (step % 25 == 0) {
+        ASSERT_TRUE(SameRuns(MapRuns(map, 0, pages), ModelRuns(model, 0, pages))) << "seed " << seed << " step " << step;
+        std::vector<cvmstate::Run> of, want;
+        map.ForEachRunOf(s, 0, pages, [&](uint64_t x, uint64_t y) { of.push_back({x, y, s}); });
+        for (const cvmstate::Run& r : ModelRuns(model, 0, pages))
+          if (r.state == s) want.push_back(r);
+        ASSERT_TRUE(SameRuns(of, want)) << "seed " << seed << " step " << step;
+      }
+    }
+    EXPECT_GE(map.GetShape().list + map.GetShape().dense, 1u);
+  }
+}
+
 TEST(RunMapTest, FragmentedChunkTurnsDenseAndBack) {
   RunMap map(1 << 16, PageState::kPrivate, RunMap::kDefaultChunkShift);
   for (uint64_t p = 0; p < 4000; p += 2) map.Assign(p, p + 1, PageState::kShared);
   EXPECT_EQ(map.GetShape().dense, 1u);
   EXPECT_EQ(map.CountRuns(), 4000u);
-  EXPECT_LE(map.MemoryBytes(), (1u << 16) / 4 + 64);
+  EXPECT_LE(map.MemoryBytes(), (1u << 16) / 4 + 128);  // the chunk plus a one-segment directory
   // Undo it page by page: the chunk must get simple again (list, then uniform).
   for (uint64_t p = 0; p < 4000; p += 2) map.Assign(p, p + 1, PageState::kPrivate);
   EXPECT_EQ(map.CountRuns(), 1u);
@@ -217,7 +250,7 @@ TEST(RunMapTest, HugeBlockIsConstantToDeclare) {
   // 12 TiB of 4 KiB pages, and the largest block the trace format allows.
   for (uint64_t pages : {uint64_t{3} << 30, (uint64_t{1} << 52) - 1}) {
     RunMap map(pages, PageState::kDiscarded);
-    EXPECT_LE(map.MemoryBytes(), 64u);
+    EXPECT_LE(map.MemoryBytes(), 128u);  // one entry in one directory segment
     EXPECT_EQ(map.CountRuns(), 1u);
     map.Assign(pages / 3, pages / 3 + 1, PageState::kShared);
     map.Assign(5, pages - 5, PageState::kPrivate);
@@ -230,6 +263,71 @@ TEST(RunMapTest, HugeBlockIsConstantToDeclare) {
     EXPECT_EQ(runs[2].state, PageState::kDiscarded);
     EXPECT_EQ(runs[3].state, PageState::kShared);
     EXPECT_EQ(map.Get(pages / 3), PageState::kPrivate);
+    EXPECT_LE(map.MemoryBytes(), 4096u);
+  }
+}
+
+// A block too large to ever turn flat, against a model of breakpoints:
+// thousands of scattered conversions (ascending, descending, random) split
+// the sparse directory into many segments, and large ones erase across
+// segments and merge them again.
+TEST(RunMapTest, SparseDirectoryOfManySegmentsAgainstModel) {
+  const uint64_t pages = uint64_t{1} << 46;  // 2^40 chunks of 64 pages
+  for (unsigned order = 0; order < 3; ++order) {
+    std::mt19937_64 rng(4242 + order);
+    RunMap map(pages, PageState::kDiscarded, RunMap::kMinChunkShift);
+    std::map<uint64_t, PageState> model{{0, PageState::kDiscarded}};  // page -> state from there on
+    auto assign = [&](uint64_t a, uint64_t b, PageState s) {
+      auto at = std::prev(model.upper_bound(b));
+      const PageState after = at->second;
+      model.erase(model.lower_bound(a), model.upper_bound(b));
+      model[a] = s;
+      if (b < pages) model[b] = after;
+      map.Assign(a, b, s);
+    };
+    for (int step = 0; step < 6000; ++step) {
+      uint64_t a;
+      if (order == 0) {
+        a = (uint64_t{1} << 40) + uint64_t(step) * 131;  // ascending, a few chunks apart
+      } else if (order == 1) {
+        a = (uint64_t{1} << 45) - uint64_t(step) * 131;  // descending
+      } else {
+        a = rng() % (pages - 4096);
+      }
+      uint64_t len = 1 + rng() % 3;
+      if (step % 500 == 499) {  // now and then a large one anywhere
+        len = 1 + rng() % (uint64_t{1} << 22);
+        a = rng() % (pages - len);
+      }
+      assign(a, a + len, static_cast<PageState>(rng() % 3));
+    }
+    // Maximal runs of the model.
+    std::vector<cvmstate::Run> want;
+    for (auto it = model.begin(); it != model.end(); ++it) {
+      const uint64_t e = std::next(it) == model.end() ? pages : std::next(it)->first;
+      if (it->first == e) continue;
+      if (!want.empty() && want.back().state == it->second) {
+        want.back().end = e;
+      } else {
+        want.push_back({it->first, e, it->second});
+      }
+    }
+    ASSERT_TRUE(SameRuns(MapRuns(map, 0, pages), want)) << "order " << order;
+    EXPECT_GT(map.GetShape().entries, 1000u);
+    for (int k = 0; k < 2000; ++k) {
+      const uint64_t p = rng() % pages;
+      ASSERT_EQ(map.Get(p), std::prev(model.upper_bound(p))->second) << "order " << order << " page " << p;
+    }
+    // Runs of one state through ForEachRunOf.
+    std::vector<cvmstate::Run> of, want_of;
+    map.ForEachRunOf(PageState::kShared, 0, pages, [&](uint64_t x, uint64_t y) { of.push_back({x, y, PageState::kShared}); });
+    for (const cvmstate::Run& r : want)
+      if (r.state == PageState::kShared) want_of.push_back(r);
+    ASSERT_TRUE(SameRuns(of, want_of)) << "order " << order;
+    // One conversion over everything folds it back to one entry.
+    map.Assign(0, pages, PageState::kPrivate);
+    EXPECT_EQ(map.GetShape().entries, 1u);
+    EXPECT_EQ(map.CountRuns(), 1u);
     EXPECT_LE(map.MemoryBytes(), 4096u);
   }
 }
