@@ -29,10 +29,10 @@ std::unique_ptr<DmaMappingListener> VfioContainer::MakeListener(const std::strin
 
 void VfioContainer::Insert(BlockMaps* b, uint64_t offset, uint64_t length) {
   b->maps.Insert(offset, offset + length);
-  Counted(b);
+  Counted();
 }
 
-void VfioContainer::Counted(BlockMaps*) {
+void VfioContainer::Counted() {
   ++stats_.maps;
   ++stats_.mappings;
   stats_.peak = std::max(stats_.peak, stats_.mappings);
@@ -57,7 +57,7 @@ Status VfioContainer::Map(BlockMaps* b, uint64_t offset, uint64_t size) {
   if (mode_ == Mode::kGranule) {
     for (uint64_t p = offset; p < offset + size; p += b->page_size) Insert(b, p, b->page_size);
   } else {
-    Counted(b);  // inserted above
+    Counted();  // inserted above
   }
   return Status::OK();
 }

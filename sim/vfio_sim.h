@@ -64,7 +64,7 @@ class VfioContainer {
   Status Map(BlockMaps* b, uint64_t offset, uint64_t size);
   void Unmap(BlockMaps* b, uint64_t offset, uint64_t size);
   void Insert(BlockMaps* b, uint64_t offset, uint64_t length);
-  void Counted(BlockMaps* b);  // counts a mapping just added
+  void Counted();  // counts a mapping just added
   std::vector<SortedRanges::Range> found_;  // Unmap's scratch
 
   Mode mode_;

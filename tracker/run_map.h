@@ -294,7 +294,9 @@ void RunMap::ForEachRunOf(PageState s, uint64_t begin, uint64_t end, Fn&& fn) co
     const bool clip = eb < begin || ee > end;
     if (e.kind == kUniform) {
       if (e.state == sv) emit(std::max(eb, begin), std::min(ee, end), true);
-    } else if (e.kind == kList && !clip) {
+    } else if (e.kind == kList && !clip && e.count <= kListMaxRunsCap) {
+      // (Lists never hold more than kListMaxRunsCap runs: the check only
+      // keeps `hits` below in bounds whatever happens.)
       // Collect the indexes of runs of s eight at a time without a branch
       // per run: a state byte equal to s leaves a 1 in its low bit (states
       // are below 4), and the eight bits index a table of their positions.
