@@ -57,43 +57,65 @@ std::vector<RunRecord> Listing(const TrackerImpl& impl, size_t nblocks) {
   return v;
 }
 
+// The listener path itself, on the caller's thread.
+void RunListenerPath(const ParsedTrace& trace, double* ns_out, std::string* failure) {
+  VmState vm;
+  VfioContainer vfio(VfioContainer::Mode::kExtent, 0);
+  std::vector<std::unique_ptr<DmaMappingListener>> dma;
+  std::vector<std::unique_ptr<KvmAttributeSim>> kvm;
+  for (const BenchBlock& b : trace.blocks) {
+    const uint64_t page = uint64_t{1} << b.page_shift;
+    Status s = vm.AddBlock(b.name, b.pages << b.page_shift, page, b.initial);
+    if (!s.ok()) {
+      *failure = "the listener path: " + s.message();
+      return;
+    }
+    BlockTracker& t = vm.block(vm.num_blocks() - 1);
+    dma.push_back(vfio.MakeListener(b.name, page));
+    kvm.push_back(std::make_unique<KvmAttributeSim>());
+    s = t.RegisterListener(dma.back().get(), 0, t.size());
+    if (s.ok()) s = t.RegisterListener(kvm.back().get(), 0, t.size());
+    if (!s.ok()) {
+      *failure = "the listener path: " + s.message();
+      return;
+    }
+  }
+  (void)vm.OpenEpoch();  // the journal on, as a checkpointing VMM has it
+  auto t0 = Clock::now();
+  for (const BenchOp& op : trace.ops) {
+    BlockTracker& t = vm.block(op.block);
+    const unsigned sh = t.page_shift();
+    (void)t.Convert(op.begin << sh, (op.end - op.begin) << sh, op.state);
+  }
+  *ns_out = trace.ops.empty() ? 0 : NsSince(t0) / static_cast<double>(trace.ops.size());
+  std::vector<uint64_t> mapped(vm.num_blocks(), 0);
+  for (const VfioContainer::Mapping& m : vfio.LiveMappings()) {
+    mapped[static_cast<size_t>(vm.IndexOf(m.block))] += m.length;
+  }
+  for (size_t i = 0; i < vm.num_blocks() && failure->empty(); ++i) {
+    const BlockTracker& t = vm.block(i);
+    if (mapped[i] != t.BytesIn(PageState::kShared) || kvm[i]->private_bytes() != t.BytesIn(PageState::kPrivate)) {
+      *failure = "the listeners of block " + t.name() + " disagree with its state after the replay";
+    }
+  }
+}
+
 // ns per conversion of the trace through the tracker with its journal and
 // a VMM's two listeners on every block (see ImplResult::apply_listeners_ns).
-// *mismatch names a block whose listeners' final view differs from its
-// state (mapped bytes against shared bytes, private bytes against private).
-double ListenerPathNs(const ParsedTrace& trace, std::string* mismatch) {
+// *failure says why the path could not run (out of memory, a block or a
+// listener refused) or names a block whose listeners' final view differs
+// from its state (mapped bytes against shared bytes, private bytes against
+// private).
+double ListenerPathNs(const ParsedTrace& trace, std::string* failure) {
   double ns = 0;
   // Its own thread, as the replays: the heap it leaves behind is freed
-  // before the next implementation is measured.
+  // before the next implementation is measured. An exception must not
+  // leave the thread (std::terminate): out of memory is caught there.
   std::thread runner([&] {
-    VmState vm;
-    VfioContainer vfio(VfioContainer::Mode::kExtent, 0);
-    std::vector<std::unique_ptr<DmaMappingListener>> dma;
-    std::vector<std::unique_ptr<KvmAttributeSim>> kvm;
-    for (const BenchBlock& b : trace.blocks) {
-      const uint64_t page = uint64_t{1} << b.page_shift;
-      if (!vm.AddBlock(b.name, b.pages << b.page_shift, page, b.initial).ok()) return;
-      BlockTracker& t = vm.block(vm.num_blocks() - 1);
-      dma.push_back(vfio.MakeListener(b.name, page));
-      kvm.push_back(std::make_unique<KvmAttributeSim>());
-      if (!t.RegisterListener(dma.back().get(), 0, t.size()).ok()) return;
-      if (!t.RegisterListener(kvm.back().get(), 0, t.size()).ok()) return;
-    }
-    (void)vm.OpenEpoch();  // the journal on, as a checkpointing VMM has it
-    auto t0 = Clock::now();
-    for (const BenchOp& op : trace.ops) {
-      BlockTracker& t = vm.block(op.block);
-      const unsigned sh = t.page_shift();
-      (void)t.Convert(op.begin << sh, (op.end - op.begin) << sh, op.state);
-    }
-    ns = trace.ops.empty() ? 0 : NsSince(t0) / static_cast<double>(trace.ops.size());
-    std::vector<uint64_t> mapped(vm.num_blocks(), 0);
-    for (const VfioContainer::Mapping& m : vfio.LiveMappings()) mapped[static_cast<size_t>(vm.IndexOf(m.block))] += m.length;
-    for (size_t i = 0; i < vm.num_blocks() && mismatch->empty(); ++i) {
-      const BlockTracker& t = vm.block(i);
-      if (mapped[i] != t.BytesIn(PageState::kShared) || kvm[i]->private_bytes() != t.BytesIn(PageState::kPrivate)) {
-        *mismatch = "the listeners of block " + t.name() + " disagree with its state after the replay";
-      }
+    try {
+      RunListenerPath(trace, &ns, failure);
+    } catch (const std::bad_alloc&) {
+      *failure = "out of memory on the listener path";
     }
   });
   runner.join();
@@ -245,11 +267,12 @@ Result<BenchReport> RunBench(const ParsedTrace& trace, int repeat) {
     // After the replays, not between them: its tables come and go on the
     // heap the replays measure.
     for (int rep = 0; rep < repeat && r.supported && name == ImplNames()[0]; ++rep) {
-      std::string mismatch;
-      listeners.push_back(ListenerPathNs(trace, &mismatch));
-      if (!mismatch.empty() && report.agree) {
+      std::string failure;
+      listeners.push_back(ListenerPathNs(trace, &failure));
+      if (failure.rfind("out of memory", 0) == 0) return Status::Refused(failure);
+      if (!failure.empty() && report.agree) {
         report.agree = false;
-        report.disagreement = mismatch;
+        report.disagreement = failure;
       }
     }
     r.apply_ns = Median(apply);
