@@ -8,8 +8,7 @@
 #include <thread>
 
 #include "bench/impls.h"
-#include "sim/kvm_attr_sim.h"
-#include "sim/vfio_sim.h"
+#include "sim/host_listeners.h"
 #include "text/trace.h"
 #include "tracker/vm_state.h"
 
@@ -59,22 +58,11 @@ std::vector<RunRecord> Listing(const TrackerImpl& impl, size_t nblocks) {
 
 // The listener path itself, on the caller's thread.
 void RunListenerPath(const ParsedTrace& trace, double* ns_out, std::string* failure) {
+  HostListeners host;  // declared first, gone last: vm never holds a listener already freed
   VmState vm;
-  VfioContainer vfio(VfioContainer::Mode::kExtent, 0);
-  std::vector<std::unique_ptr<DmaMappingListener>> dma;
-  std::vector<std::unique_ptr<KvmAttributeSim>> kvm;
   for (const BenchBlock& b : trace.blocks) {
-    const uint64_t page = uint64_t{1} << b.page_shift;
-    Status s = vm.AddBlock(b.name, b.pages << b.page_shift, page, b.initial);
-    if (!s.ok()) {
-      *failure = "the listener path: " + s.message();
-      return;
-    }
-    BlockTracker& t = vm.block(vm.num_blocks() - 1);
-    dma.push_back(vfio.MakeListener(b.name, page));
-    kvm.push_back(std::make_unique<KvmAttributeSim>());
-    s = t.RegisterListener(dma.back().get(), 0, t.size());
-    if (s.ok()) s = t.RegisterListener(kvm.back().get(), 0, t.size());
+    Status s = vm.AddBlock(b.name, b.pages << b.page_shift, uint64_t{1} << b.page_shift, b.initial);
+    if (s.ok()) s = host.Attach(&vm.block(vm.num_blocks() - 1));
     if (!s.ok()) {
       *failure = "the listener path: " + s.message();
       return;
@@ -89,12 +77,13 @@ void RunListenerPath(const ParsedTrace& trace, double* ns_out, std::string* fail
   }
   *ns_out = trace.ops.empty() ? 0 : NsSince(t0) / static_cast<double>(trace.ops.size());
   std::vector<uint64_t> mapped(vm.num_blocks(), 0);
-  for (const VfioContainer::Mapping& m : vfio.LiveMappings()) {
+  for (const VfioContainer::Mapping& m : host.vfio().LiveMappings()) {
     mapped[static_cast<size_t>(vm.IndexOf(m.block))] += m.length;
   }
   for (size_t i = 0; i < vm.num_blocks() && failure->empty(); ++i) {
     const BlockTracker& t = vm.block(i);
-    if (mapped[i] != t.BytesIn(PageState::kShared) || kvm[i]->private_bytes() != t.BytesIn(PageState::kPrivate)) {
+    if (mapped[i] != t.BytesIn(PageState::kShared) ||
+        host.attributes(i).private_bytes() != t.BytesIn(PageState::kPrivate)) {
       *failure = "the listeners of block " + t.name() + " disagree with its state after the replay";
     }
   }

@@ -5,8 +5,6 @@
 namespace cvmstate {
 namespace {
 
-bool BeginLess(uint64_t a, const SortedRanges::Range& r) { return a < r.begin; }
-
 // Index of the last of v[0, n) at or before a, 0 if none (n >= 1); key(i)
 // reads v[i]'s key. Branch-free halving: the probes are unpredictable.
 template <typename Key>
@@ -33,16 +31,13 @@ void SortedRanges::Find(uint64_t a, uint64_t b, bool touching, std::vector<Range
   out->clear();
   // Start one range before the last that begins at or before a: with
   // touching, a range ending at a may precede one beginning at a.
-  size_t li = LeafFor(a);
-  size_t slot = static_cast<size_t>(std::upper_bound(leaves_[li].begin(), leaves_[li].end(), a, BeginLess) -
-                                    leaves_[li].begin());
-  if (slot >= 2) {
-    slot -= 2;
-  } else if (li > 0) {
+  const Pos p = Locate(a);
+  size_t li = p.leaf, slot = 0;
+  if (p.found && p.slot > 0) {
+    slot = p.slot - 1;
+  } else if (p.found && li > 0) {
     --li;
-    slot = leaves_[li].size() - (2 - slot);
-  } else {
-    slot = 0;
+    slot = leaves_[li].size() - 1;
   }
   for (; li < leaves_.size(); ++li, slot = 0) {
     const std::vector<Range>& l = leaves_[li];

@@ -295,12 +295,12 @@ void RunMap::ForEachRunOf(PageState s, uint64_t begin, uint64_t end, Fn&& fn) co
     if (e.kind == kUniform) {
       if (e.state == sv) emit(std::max(eb, begin), std::min(ee, end), true);
     } else if (e.kind == kList && !clip && e.count <= kListMaxRunsCap) {
-      // (Lists never hold more than kListMaxRunsCap runs: the check only
-      // keeps `hits` below in bounds whatever happens.)
       // Collect the indexes of runs of s eight at a time without a branch
       // per run: a state byte equal to s leaves a 1 in its low bit (states
       // are below 4), and the eight bits index a table of their positions.
-      // Reporting then branches per run of s only.
+      // Reporting then branches per run of s only. (Lists never hold more
+      // than kListMaxRunsCap runs; the count check above only keeps `hits`
+      // in bounds whatever happens.)
       const uint16_t* st = Starts(e);
       const uint8_t* ss = States(e);
       const uint32_t n = e.count;
@@ -328,17 +328,7 @@ void RunMap::ForEachRunOf(PageState s, uint64_t begin, uint64_t end, Fn&& fn) co
       }
       for (uint32_t h = 0; h < nh; ++h) {
         const uint32_t r = hits[h];
-        if (r == 0 || r + 1 == n) {
-          // The first may continue a run left open by the previous entry,
-          // the last may go on into the next one.
-          emit(eb + st[r], r + 1 < n ? eb + st[r + 1] : ee, r + 1 == n);
-        } else {
-          if (open) {
-            fn(rb, re);
-            open = false;
-          }
-          fn(eb + st[r], eb + st[r + 1]);
-        }
+        emit(eb + st[r], r + 1 < n ? eb + st[r + 1] : ee, r + 1 == n);
       }
     } else {
       // Dense entries, and the clipped first and last list entries: walk

@@ -1,6 +1,6 @@
-#include "tools/host_listeners.h"
+#include "sim/host_listeners.h"
 
-namespace cvmstate::tools {
+namespace cvmstate {
 
 std::vector<StateListener*> HostListeners::For(const BlockTracker& b) {
   dma_.push_back(vfio_.MakeListener(b.name(), b.page_size()));
@@ -29,4 +29,4 @@ uint64_t HostListeners::PrivateRanges() const {
   return n;
 }
 
-}  // namespace cvmstate::tools
+}  // namespace cvmstate

@@ -1,8 +1,8 @@
-// The listeners of a simulated host in the command line and the demo: an
-// extent-mode VFIO container for DMA mappings and a KVM memory-attribute
-// table per block (the destination of `migrate recv`, both hosts of `demo`).
-#ifndef CVMSTATE_TOOLS_HOST_LISTENERS_H_
-#define CVMSTATE_TOOLS_HOST_LISTENERS_H_
+// The listeners of a simulated host: an extent-mode VFIO container for DMA
+// mappings and a KVM memory-attribute table per block (the destination of
+// `migrate recv`, both hosts of `demo`, the listener path of `bench`).
+#ifndef CVMSTATE_SIM_HOST_LISTENERS_H_
+#define CVMSTATE_SIM_HOST_LISTENERS_H_
 
 #include <cstdint>
 #include <memory>
@@ -13,7 +13,7 @@
 #include "tracker/listener.h"
 #include "tracker/vm_state.h"
 
-namespace cvmstate::tools {
+namespace cvmstate {
 
 class HostListeners {
  public:
@@ -30,6 +30,8 @@ class HostListeners {
   void Detach(VmState* vm);
 
   const VfioContainer& vfio() const { return vfio_; }
+  // The attribute table of the i-th block attached (or made with For).
+  const KvmAttributeSim& attributes(size_t i) const { return *kvm_[i]; }
   uint64_t PrivateRanges() const;
 
  private:
@@ -38,6 +40,6 @@ class HostListeners {
   std::vector<std::unique_ptr<KvmAttributeSim>> kvm_;
 };
 
-}  // namespace cvmstate::tools
+}  // namespace cvmstate
 
-#endif  // CVMSTATE_TOOLS_HOST_LISTENERS_H_
+#endif  // CVMSTATE_SIM_HOST_LISTENERS_H_
