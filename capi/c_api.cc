@@ -18,6 +18,7 @@
 #include "cvmstate/cvmstate.h"
 #include <chrono>
 
+#include "codec/state_digest.h"
 #include "migration/byte_stream.h"
 #include "migration/cancel_token.h"
 #include "migration/psk.h"
@@ -29,7 +30,6 @@
 #include "tracker/format.h"
 #include "tracker/listener.h"
 #include "tracker/names.h"
-#include "tracker/state_digest.h"
 
 using cvmstate::Status;
 

@@ -27,9 +27,9 @@ LAYERS = {
     "store": ["tracker", "codec", "schema"],
     "migration": ["tracker", "codec", "schema"],
     "session": ["tracker", "store", "migration"],
-    "capi": ["include", "tracker", "store", "migration", "session"],
+    "capi": ["include", "tracker", "codec", "store", "migration", "session"],
     "bench": ["tracker", "sim", "text"],
-    "tools": ["tracker", "sim", "text", "store", "migration", "session", "bench"],
+    "tools": ["tracker", "codec", "sim", "text", "store", "migration", "session", "bench"],
     "examples": ["include"],
 }
 # External headers (by prefix) that only these layers may include.

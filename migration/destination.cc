@@ -3,10 +3,10 @@
 #include <algorithm>
 
 #include "codec/chunk_codec.h"
+#include "codec/state_digest.h"
 #include "migration/auth.h"
 #include "migration/frames.h"
 #include "tracker/names.h"
-#include "tracker/state_digest.h"
 
 namespace cvmstate {
 
@@ -78,10 +78,12 @@ Result<VmState> MigrationDestination::ReadHello(ByteSource* in, std::string* vm_
   if (hello == nullptr) return Status::Corruption("frame 1: no hello after the challenge");
   if (f->seq() != 1) return Status::Corruption("frame 1: sequence " + std::to_string(f->seq()) + ", expected 1");
   if (hello->magic() != kMagic) return Status::Corruption("frame 1: not a cvmstate migration stream (bad magic)");
-  if (hello->format_version() != kFormatVersion) {
+  // Version 1 differs only in End's digest (the run-list digest).
+  if (hello->format_version() != kFormatVersion && hello->format_version() != 1) {
     return Status::Corruption("frame 1: stream format version " + std::to_string(hello->format_version()) +
-                              ", this cvmstate reads version " + std::to_string(kFormatVersion));
+                              ", this cvmstate reads versions 1 and " + std::to_string(kFormatVersion));
   }
+  run_list_digest_ = hello->format_version() == 1;
   if (hello->vm() == nullptr || !IsValidVmId(hello->vm()->str())) return Status::Corruption("frame 1: invalid VM id");
   *vm_id = hello->vm()->str();
   if (opt_.accept_vm) {
@@ -164,6 +166,8 @@ Status MigrationDestination::ApplySections(const fbs::Sections& sec, uint64_t se
       if (!s.ok()) return Status::Corruption(where + s.message());
       at += r.pages;
     }
+    // Once read whole, the summary follows each section.
+    if (!summaries_.empty()) summaries_[sec.block_index()].UpdatePages(b, begin, at);
     const uint64_t bytes_after = b.MemoryBytes();
     state_bytes_ = state_bytes_ - bytes_before + bytes_after;
     if (bytes_after > bytes_before) grown_since_compaction_ += bytes_after - bytes_before;
@@ -220,6 +224,10 @@ Result<VmState> MigrationDestination::Receive(ByteSource* in, std::string* vm_id
           return Status::Corruption(Where(seq, "round end") + "does not match the round received");
         }
         if (round_.index >= 10000) return Status::Refused(Where(seq, "round end") + "too many rounds");
+        if (summaries_.empty()) {
+          summaries_.resize(vm.num_blocks());
+          for (size_t i = 0; i < vm.num_blocks(); ++i) summaries_[i].Rebuild(vm.block(i));
+        }
         round_.stats.round = round_.index;
         round_.stats.frames = round_.frames;
         round_.stats.runs = round_.runs;
@@ -239,7 +247,15 @@ Result<VmState> MigrationDestination::Receive(ByteSource* in, std::string* vm_id
                                  std::to_string(opt_.max_runs) + ")");
         }
         if (!rounds_.empty()) rounds_.back().bytes += round_.stats.bytes;
-        if (ComputeStateDigest(vm) != e->digest()) {
+        uint64_t digest = 0;
+        if (run_list_digest_) {
+          digest = ComputeRunListDigest(vm);
+        } else {
+          std::vector<uint64_t> sums;
+          for (const ChunkSummary& cs : summaries_) sums.push_back(cs.digest_sum());
+          digest = CombineStateDigest(vm, sums);
+        }
+        if (digest != e->digest()) {
           return Status::Corruption(Where(seq, "end") +
                                     "state digest mismatch: the rebuilt state differs from the source's");
         }

@@ -16,6 +16,7 @@
 #include <string_view>
 #include <vector>
 
+#include "codec/chunk_summary.h"
 #include "migration/byte_stream.h"
 #include "migration/raw_frame.h"
 #include "migration/round_stats.h"
@@ -82,6 +83,10 @@ class MigrationDestination {
 
   const std::vector<RoundStats>& rounds() const { return rounds_; }
   uint64_t total_bytes() const { return bytes_; }
+  // After Receive returned a state: each block's summary of it (digest sum,
+  // run count, stretches), which a commit can use instead of reading every
+  // run again.
+  const std::vector<ChunkSummary>& summaries() const { return summaries_; }
   // When the end frame was verified: the start of the guest's downtime.
   std::chrono::steady_clock::time_point end_received() const { return end_received_; }
 
@@ -96,6 +101,11 @@ class MigrationDestination {
   std::string recv_key_;  // session key of the stream, once known
   std::string ack_key_;   // session key of the answer, once known
   migration_internal::RawFrame frame_;  // the frame being read
+  bool run_list_digest_ = false;  // a format 1 stream: End carries the run-list digest
+  // Read whole at the first round's end, then kept up to date section by
+  // section, so that verifying the end frame costs O(blocks). At most a
+  // piece per 512 MiB chunk of the (capped) guest.
+  std::vector<ChunkSummary> summaries_;
   std::vector<RoundStats> rounds_;
   // The round being received.
   struct Round {

@@ -17,7 +17,8 @@
 namespace cvmstate::migration_internal {
 
 constexpr uint64_t kMagic = 0x4356'4d53'5441'5445ULL;  // "CVMSTATE"
-constexpr uint32_t kFormatVersion = 1;
+// 2: the chunk-sum digest (codec/state_digest.h); 1 sent the run-list digest.
+constexpr uint32_t kFormatVersion = 2;
 constexpr size_t kHeaderBytes = 8;
 constexpr size_t kMaxSectionRuns = 1 << 16;   // runs a section carries at most
 constexpr size_t kMaxFrameRaw = size_t{4} << 20;  // raw bytes a Sections frame carries at most

@@ -3,9 +3,9 @@
 #include <algorithm>
 
 #include "codec/chunk_codec.h"
+#include "codec/state_digest.h"
 #include "migration/auth.h"
 #include "migration/frames.h"
-#include "tracker/state_digest.h"
 
 namespace cvmstate {
 
@@ -107,9 +107,15 @@ void MigrationSource::StartRound(bool full) {
   c.bytes0 = bytes_;
   // Ranges to send per block: everything, or what changed since last round.
   c.todo.resize(vm_->num_blocks());
+  summaries_.resize(vm_->num_blocks());
   for (size_t i = 0; i < vm_->num_blocks(); ++i) {
     const BlockTracker& b = vm_->block(i);
     c.todo[i] = full ? std::vector<PageRange>{{0, b.size() >> b.page_shift()}} : journal_.Changed(b);
+    if (full) {
+      summaries_[i].Rebuild(b);
+    } else {
+      for (const PageRange& r : c.todo[i]) summaries_[i].UpdatePages(b, r.begin, r.end);
+    }
   }
   journal_.Advance();
   round_ = std::move(c);
@@ -282,10 +288,21 @@ Result<RoundStats> MigrationSource::Finish() {
   }
   auto last = SendRound();
   if (!last.ok()) return last;
+  // The digest of the state as it is now (a conversion after the last
+  // round began, which that round may not carry, makes the destination
+  // refuse): the summaries plus what changed since that round began.
+  Status blocks = CheckBlocks();
+  if (!blocks.ok()) return blocks;
   uint64_t runs = 0;
-  for (size_t i = 0; i < vm_->num_blocks(); ++i) runs += vm_->block(i).CountRuns();
+  std::vector<uint64_t> sums;
+  for (size_t i = 0; i < vm_->num_blocks(); ++i) {
+    const BlockTracker& b = vm_->block(i);
+    for (const PageRange& r : journal_.Changed(b)) summaries_[i].UpdatePages(b, r.begin, r.end);
+    runs += summaries_[i].runs();
+    sums.push_back(summaries_[i].digest_sum());
+  }
   flatbuffers::FlatBufferBuilder fb;
-  auto end = fbs::CreateEnd(fb, static_cast<uint32_t>(rounds_.size()), ComputeStateDigest(*vm_), runs);
+  auto end = fbs::CreateEnd(fb, static_cast<uint32_t>(rounds_.size()), CombineStateDigest(*vm_, sums), runs);
   fbs::FinishFrameBuffer(fb, fbs::CreateFrame(fb, seq_, fbs::Body::End, end.Union()));
   uint64_t before = bytes_;
   Status s = WriteFrame(sink_, fb, seq_++, send_key_, &bytes_);

@@ -17,6 +17,7 @@
 
 #include "migration/byte_stream.h"
 #include "migration/round_stats.h"
+#include "codec/chunk_summary.h"
 #include "tracker/journal_reader.h"
 #include "tracker/status.h"
 #include "tracker/vm_state.h"
@@ -105,6 +106,10 @@ class MigrationSource {
   std::string send_key_, ack_key_;  // per-direction session keys
   ByteSink* sink_;
   JournalReader journal_;
+  // Each block's digest sum and run count, read whole at round 0 and kept
+  // up to date from the ranges each round sends: the end frame costs what
+  // changed last, not a pass over every run while the guest is paused.
+  std::vector<ChunkSummary> summaries_;
   uint64_t seq_ = 0;
   uint64_t bytes_ = 0;
   size_t blocks_ = 0;  // blocks announced in the hello

@@ -57,7 +57,9 @@ Status IncomingMigration::Commit() {
     return Status::InvalidArgument("commit needs a store and a received, uncommitted state");
   }
   const Clock::time_point t0 = Clock::now();
-  auto bytes = store_->CommitNew(report_.committed_as, *vm_);
+  // The destination's summaries describe the state it returned: the
+  // commit need not read every run again (the records it writes do).
+  auto bytes = store_->CommitNew(report_.committed_as, *vm_, state_handed_out_ ? nullptr : &dest_->summaries());
   report_.commit_ms = MsSince(t0);
   if (!bytes.ok()) return bytes.status();
   report_.commit_bytes = bytes.value();

@@ -95,8 +95,13 @@ class IncomingMigration {
   // state carries the registered listeners.
   Result<VmState> Run(ByteSource* in, const DestinationListeners& listeners);
 
-  // The received state (after Receive), and what happened so far.
-  VmState* vm() { return vm_ ? &*vm_ : nullptr; }
+  // The received state (after Receive), and what happened so far. A
+  // state handed out before Commit may have changed: Commit then reads it
+  // whole instead of using what Receive learnt of it.
+  VmState* vm() {
+    if (!committed_) state_handed_out_ = true;
+    return vm_ ? &*vm_ : nullptr;
+  }
   // Moves the received state out (Commit and Replay are then impossible).
   std::optional<VmState> TakeState();
   const IncomingReport& report() const { return report_; }
@@ -110,6 +115,7 @@ class IncomingMigration {
   std::optional<VmState> vm_;
   bool received_ = false;
   bool committed_ = false;
+  bool state_handed_out_ = false;
   bool acknowledged_ = false;
   std::vector<std::pair<BlockTracker*, StateListener*>> registered_;
   IncomingReport report_;

@@ -6,11 +6,11 @@
 
 #include "codec/chunk_codec.h"
 #include "codec/chunk_walk.h"
+#include "codec/state_digest.h"
 #include "cvmstate/schema/checkpoint_generated.h"
 #include "cvmstate/schema/manifest_generated.h"
 #include "store/store_keys.h"
 #include "tracker/format.h"
-#include "tracker/state_digest.h"
 
 namespace cvmstate {
 namespace {
@@ -40,7 +40,7 @@ Result<const fbs::Manifest*> VerifyManifest(const std::string& bytes, const std:
     return Status::Corruption(where + ": the manifest fails verification");
   }
   const fbs::Manifest* m = fbs::GetManifest(p);
-  if (m->format_version() != kFormatVersion) {
+  if (m->format_version() != kManifestVersion && m->format_version() != 1) {
     return Status::Corruption(where + ": unknown manifest format version " + std::to_string(m->format_version()));
   }
   if (m->vm() == nullptr || m->vm()->str() != id) return Status::Corruption(where + ": the manifest names another VM");
@@ -219,12 +219,14 @@ Result<VmState> DecodeCheckpoint(const std::string& id, std::string_view manifes
   }
   if (!records->status().ok()) return records->status().WithPrefix(where + ": ");
   if (records->Valid()) return Status::Corruption(where + ": unexpected chunk record");
-  if (ComputeStateDigest(vm) != m->digest()) return Status::Corruption(where + ": state digest mismatch");
+  const uint64_t digest = m->format_version() == 1 ? ComputeRunListDigest(vm) : ComputeStateDigest(vm);
+  if (digest != m->digest()) return Status::Corruption(where + ": state digest mismatch");
   if (info != nullptr) {
     info->vm = id;
     info->sequence = m->sequence();
     info->unix_time = m->unix_time();
-    info->digest = m->digest();
+    // Today's digest of the state, whichever the manifest's format.
+    info->digest = m->format_version() == 1 ? ComputeStateDigest(vm) : digest;
     info->total_runs = m->total_runs();
     info->records = d.records_read;
   }

@@ -15,6 +15,7 @@
 #include <string>
 #include <string_view>
 
+#include "codec/chunk_summary.h"
 #include "store/checkpoint_store.h"
 #include "tracker/status.h"
 #include "tracker/vm_state.h"
@@ -22,10 +23,14 @@
 namespace cvmstate {
 
 namespace store_format {
+// Chunk records are format 1. Manifests are format 2 (the state digest of
+// codec/state_digest.h); format 1 manifests, whose digest was the run-list
+// digest (ComputeRunListDigest), are still read.
 inline constexpr uint32_t kFormatVersion = 1;
+inline constexpr uint32_t kManifestVersion = 2;
 inline constexpr size_t kMaxManifestBytes = size_t{64} << 20;
 inline constexpr size_t kMaxRecordBytes = size_t{4} << 20;
-inline constexpr uint8_t kDetailed = 3;  // a stretch of chunks that have records
+inline constexpr uint8_t kDetailed = ChunkSummary::kDetailed;  // a stretch of chunks that have records
 }  // namespace store_format
 
 // The chunk records of one VM in key order (store_keys::ChunkKey), as a

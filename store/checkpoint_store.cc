@@ -7,7 +7,9 @@
 #include <ctime>
 
 #include "codec/chunk_codec.h"
+#include "codec/chunk_summary.h"
 #include "codec/chunk_walk.h"
+#include "codec/state_digest.h"
 #include "cvmstate/schema/checkpoint_generated.h"
 #include "cvmstate/schema/manifest_generated.h"
 #include "store/checkpoint_decode.h"
@@ -16,7 +18,6 @@
 #include "store/store_keys.h"
 #include "tracker/format.h"
 #include "tracker/names.h"
-#include "tracker/state_digest.h"
 
 namespace cvmstate {
 namespace {
@@ -26,7 +27,7 @@ using namespace store_keys;
 
 constexpr uint32_t kFormatVersion = store_format::kFormatVersion;
 constexpr unsigned kChunkShift = CheckpointStore::kChunkShift;
-constexpr uint8_t kDetailed = store_format::kDetailed;
+static_assert(CheckpointStore::kChunkShift == kDigestChunkShift, "the manifest's stretches are the digest's chunks");
 
 Status FromRocks(const rocksdb::Status& s, const std::string& what) {
   if (s.IsCorruption()) return Status::Corruption(what + ": " + s.ToString());
@@ -36,27 +37,6 @@ Status FromRocks(const rocksdb::Status& s, const std::string& what) {
 Status CheckVmId(const std::string& id) {
   if (IsValidVmId(id)) return Status::OK();
   return Status::InvalidArgument("invalid VM id " + Quoted(id) + " (" + kVmIdRule + ")");
-}
-
-struct Stretch {
-  uint64_t chunks;
-  uint8_t state;  // PageState value, or kDetailed
-};
-
-std::vector<Stretch> BlockStretches(const BlockTracker& b) {
-  std::vector<Stretch> v;
-  auto add = [&v](uint64_t n, uint8_t s) {
-    if (!v.empty() && v.back().state == s) {
-      v.back().chunks += n;
-    } else {
-      v.push_back({n, s});
-    }
-  };
-  ForEachChunk(
-      b, kChunkShift, 0, ChunkCount(BlockPages(b), kChunkShift),
-      [&](uint64_t a, uint64_t z, PageState s) { add(z - a, static_cast<uint8_t>(s)); },
-      [&](uint64_t, const std::vector<ChunkRun>&) { add(1, kDetailed); });
-  return v;
 }
 
 }  // namespace
@@ -195,37 +175,50 @@ Status CheckpointStore::PutChunks(rocksdb::WriteBatch* batch, const std::string&
 }
 
 Result<uint64_t> CheckpointStore::PutManifest(rocksdb::WriteBatch* batch, const std::string& id, const VmState& vm,
-                                              uint64_t sequence) const {
+                                              const std::vector<ChunkSummary>& summaries,
+                                              std::vector<EncodedStretches>* cache, uint64_t sequence) const {
   flatbuffers::FlatBufferBuilder fb;
   std::vector<flatbuffers::Offset<fbs::BlockManifest>> blocks;
+  std::vector<uint64_t> sums;
   uint64_t total_runs = 0;
+  cache->resize(vm.num_blocks());
+  std::string raw;
   for (size_t i = 0; i < vm.num_blocks(); ++i) {
     const BlockTracker& b = vm.block(i);
-    std::string raw;
-    std::vector<Stretch> st = BlockStretches(b);
-    for (const Stretch& s : st) {
-      PutVarint(&raw, s.chunks);
-      raw.push_back(static_cast<char>(s.state));
+    const ChunkSummary& summary = summaries[i];
+    EncodedStretches& e = (*cache)[i];
+    if (e.version != summary.stretch_version()) {
+      raw.clear();
+      uint32_t count = 0;
+      summary.ForEachStretch([&](uint64_t chunks, uint8_t state) {
+        PutVarint(&raw, chunks);
+        raw.push_back(static_cast<char>(state));
+        ++count;
+      });
+      e.version = ~uint64_t{0};  // until encoded
+      Status zs = ZstdCompress(raw, &e.z);
+      if (!zs.ok()) return zs;
+      e.raw_size = static_cast<uint32_t>(raw.size());
+      e.count = count;
+      e.version = summary.stretch_version();
     }
-    std::string z;
-    Status zs = ZstdCompress(raw, &z);
-    if (!zs.ok()) return zs;
-    total_runs += b.CountRuns();
+    total_runs += summary.runs();
+    sums.push_back(summary.digest_sum());
     blocks.push_back(fbs::CreateBlockManifest(
         fb, fb.CreateString(b.name()), b.size(), b.page_size(), static_cast<uint8_t>(b.initial_state()),
-        fb.CreateVector(reinterpret_cast<const uint8_t*>(z.data()), z.size()), static_cast<uint32_t>(raw.size()),
-        static_cast<uint32_t>(st.size())));
+        fb.CreateVector(reinterpret_cast<const uint8_t*>(e.z.data()), e.z.size()), e.raw_size, e.count));
   }
-  auto m = fbs::CreateManifest(fb, kFormatVersion, fb.CreateString(id), sequence, kChunkShift,
+  auto m = fbs::CreateManifest(fb, store_format::kManifestVersion, fb.CreateString(id), sequence, kChunkShift,
                                static_cast<uint64_t>(std::time(nullptr)), fb.CreateVector(blocks),
-                               ComputeStateDigest(vm), total_runs);
+                               CombineStateDigest(vm, sums), total_runs);
   fbs::FinishManifestBuffer(fb, m);
   const std::string k = ManifestKey(id);
   batch->Put(k, rocksdb::Slice(reinterpret_cast<const char*>(fb.GetBufferPointer()), fb.GetSize()));
   return k.size() + fb.GetSize();
 }
 
-Result<uint64_t> CheckpointStore::CommitFull(const std::string& id, const VmState& vm, uint64_t sequence) {
+Result<uint64_t> CheckpointStore::CommitFull(const std::string& id, const VmState& vm, uint64_t sequence,
+                                             const std::vector<ChunkSummary>* summaries) {
   Status s = CheckVmId(id);
   if (!s.ok()) return s;
   rocksdb::WriteBatch batch;
@@ -235,18 +228,26 @@ Result<uint64_t> CheckpointStore::CommitFull(const std::string& id, const VmStat
     s = PutChunks(&batch, id, vm, i, 0, ChunkCount(BlockPages(vm.block(i)), kChunkShift), &w);
     if (!s.ok()) return s;
   }
-  auto m = PutManifest(&batch, id, vm, sequence);
+  std::vector<ChunkSummary> read;
+  if (summaries == nullptr || summaries->size() != vm.num_blocks()) {
+    read.resize(vm.num_blocks());
+    for (size_t i = 0; i < vm.num_blocks(); ++i) read[i].Rebuild(vm.block(i));
+    summaries = &read;
+  }
+  std::vector<EncodedStretches> stretches;
+  auto m = PutManifest(&batch, id, vm, *summaries, &stretches, sequence);
   if (!m.ok()) return m.status();
   s = Write(&batch);
   if (!s.ok()) return s;
   return w.bytes + m.value();
 }
 
-Result<uint64_t> CheckpointStore::CommitNew(const std::string& id, const VmState& vm) {
+Result<uint64_t> CheckpointStore::CommitNew(const std::string& id, const VmState& vm,
+                                            const std::vector<ChunkSummary>* summaries) {
   auto has = HasVm(id);
   if (!has.ok()) return has.status();
   if (has.value()) return Status::AlreadyExists("VM " + Quoted(id) + " already exists in the store");
-  return CommitFull(id, vm, 1);
+  return CommitFull(id, vm, 1, summaries);
 }
 
 Status CheckpointStore::DeleteVm(const std::string& id) {

@@ -30,6 +30,7 @@ class WriteBatch;
 
 namespace cvmstate {
 
+class ChunkSummary;
 class CommitRecord;
 
 // What a committed checkpoint says about itself.
@@ -71,11 +72,14 @@ class CheckpointStore {
 
   // Writes the whole state of `vm` as the checkpoint of `id` in one synced
   // batch, replacing whatever `id` held. Returns the bytes written (keys
-  // plus values).
-  Result<uint64_t> CommitFull(const std::string& id, const VmState& vm, uint64_t sequence);
+  // plus values). summaries (optional: one per block, describing vm as it
+  // is, as a MigrationDestination's) spare a second pass over every run.
+  Result<uint64_t> CommitFull(const std::string& id, const VmState& vm, uint64_t sequence,
+                              const std::vector<ChunkSummary>* summaries = nullptr);
   // The same, but AlreadyExists if `id` has a checkpoint (a migration
   // destination never overwrites a VM).
-  Result<uint64_t> CommitNew(const std::string& id, const VmState& vm);
+  Result<uint64_t> CommitNew(const std::string& id, const VmState& vm,
+                             const std::vector<ChunkSummary>* summaries = nullptr);
 
   // Removes every key of `id` in one synced batch (a destination that
   // cannot finish takes its commit back this way).
@@ -92,8 +96,19 @@ class CheckpointStore {
   };
   CheckpointStore(std::unique_ptr<rocksdb::DB> db, std::unique_ptr<CommitRecord> record,
                   std::shared_ptr<rocksdb::Logger> log);
-  // Adds the manifest of `vm` to batch; returns bytes.
+  // A block's stretch list as the manifest holds it, and the summary's
+  // stretch_version() it was encoded at.
+  struct EncodedStretches {
+    uint64_t version = ~uint64_t{0};
+    std::string z;  // the zstd frame
+    uint32_t raw_size = 0, count = 0;
+  };
+  // Adds the manifest of `vm` to batch, its stretches, run count and
+  // digest taken from summaries (one per block, up to date); encodes a
+  // block's stretches again only if its summary's changed since *cache
+  // (resized to the blocks) last held them. Returns bytes.
   Result<uint64_t> PutManifest(rocksdb::WriteBatch* batch, const std::string& id, const VmState& vm,
+                               const std::vector<ChunkSummary>& summaries, std::vector<EncodedStretches>* cache,
                                uint64_t sequence) const;
   // Adds the records of chunks [c0, c1) of block bi, and deletes of the
   // records of uniform ones, to batch.

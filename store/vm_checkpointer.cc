@@ -44,17 +44,21 @@ Result<VmCheckpointer::Commit> VmCheckpointer::CommitState(VmState& vm) {
   CheckpointStore::ChunkWrites w;
   // The first checkpoint replaces whatever this id held, in the same batch.
   if (first) w.bytes = CheckpointStore::DeleteAllChunks(&batch, id_);
+  summaries_.resize(vm.num_blocks());
   for (size_t i = 0; i < vm.num_blocks(); ++i) {
     const BlockTracker& b = vm.block(i);
     const uint64_t chunks = ChunkCount(BlockPages(b), kChunkShift);
-    const auto todo = first || i >= stored_blocks_ ? std::vector<std::pair<uint64_t, uint64_t>>{{0, chunks}}
-                                                   : ChangedChunks(journal_.Changed(b));
+    const bool whole = first || i >= stored_blocks_;
+    const auto todo =
+        whole ? std::vector<std::pair<uint64_t, uint64_t>>{{0, chunks}} : ChangedChunks(journal_.Changed(b));
+    if (whole) summaries_[i].Rebuild(b);
     for (const auto& [a, z] : todo) {
       Status s = store_->PutChunks(&batch, id_, vm, i, a, z, &w);
       if (!s.ok()) return s;
+      if (!whole) summaries_[i].Update(b, a, z);
     }
   }
-  auto m = store_->PutManifest(&batch, id_, vm, c.sequence);
+  auto m = store_->PutManifest(&batch, id_, vm, summaries_, &stretches_, c.sequence);
   if (!m.ok()) return m.status();
   Status s = store_->Write(&batch);
   if (!s.ok()) return s;  // nothing changed here: the next commit retries all

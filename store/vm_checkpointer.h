@@ -5,7 +5,9 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
+#include "codec/chunk_summary.h"
 #include "store/checkpoint_store.h"
 #include "tracker/journal_reader.h"
 #include "tracker/status.h"
@@ -17,6 +19,12 @@ namespace cvmstate {
 // chunks the change journal says changed since the previous successful
 // commit (plus the manifest). A failed commit changes nothing, and the next
 // one writes everything changed since the last one that succeeded.
+//
+// Cost: the first commit reads every run; a later one reads the runs of
+// the changed chunks and keeps each block's digest sum, run count and
+// stretches (ChunkSummary) up to date from them, so it costs O(k log n)
+// CPU for k changed chunks, plus the manifest's stretch list (one or two
+// bytes a stretch of chunks, never a pass over runs).
 //
 // Lifetime: the store must outlive the checkpointer, and the checkpointer
 // (which reads the VM's change journal) must be destroyed before the
@@ -39,6 +47,11 @@ class VmCheckpointer {
   std::string id_;
   JournalReader journal_;  // attached at the first successful commit
   size_t stored_blocks_ = 0;
+  // One per block of the VM as last read; a failed commit leaves them read
+  // (they follow the state, not the store) and the next one reads the same
+  // chunks again.
+  std::vector<ChunkSummary> summaries_;
+  std::vector<CheckpointStore::EncodedStretches> stretches_;  // as last encoded
   uint64_t sequence_ = 0;
 };
 

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "bench/harness.h"
+#include "tools/checkpoint_bench.h"
 #include "tools/commands.h"
 #include "tools/output.h"
 
@@ -48,6 +49,10 @@ int RunBenchCommand(const BenchOptions& o) {
   // Mirrors replay --impl, whose std::bad_alloc main reports as "out of memory".
   if (!run.ok()) return Fail(run.status().message());
   const bench::BenchReport& rep = run.value();
+  // The store's side (cvmstate only): after the replays, on its own state.
+  auto ckpt = MeasureCheckpoints(trace);
+  if (!ckpt.ok()) return Fail("cannot measure checkpoints: " + ckpt.status().message());
+  const CheckpointFigures& cf = ckpt.value();
   if (o.json) {
     std::string j = "{\"trace\": " + JsonString(o.trace) + ", \"ops\": " + std::to_string(rep.ops) +
                     ", \"repeat\": " + std::to_string(o.repeat) + ", \"impls\": {";
@@ -62,7 +67,8 @@ int RunBenchCommand(const BenchOptions& o) {
                     r.shared_runs);
       j += buf;
       if (&r == &rep.impls[0]) {
-        std::snprintf(buf, sizeof buf, ", \"apply_listeners_ns\": %.2f", r.apply_listeners_ns);
+        std::snprintf(buf, sizeof buf, ", \"apply_listeners_ns\": %.2f, \"checkpoint_incremental_ns\": %.0f",
+                      r.apply_listeners_ns, cf.incremental_cpu_ns);
         j += buf;
       }
       j += "}";
@@ -89,6 +95,11 @@ int RunBenchCommand(const BenchOptions& o) {
         std::printf(" %14s\n", "-");
       }
     }
+    std::printf("checkpoints (cvmstate, a store in TMPDIR): full %.1f ms, %" PRIu64 " bytes at %" PRIu64
+                " runs; incremental every %" PRIu64 " conversions (median of %" PRIu64 "): %.1f us CPU, %.2f ms "
+                "with sync, %" PRIu64 " bytes\n",
+                cf.full_ms, cf.full_bytes, cf.runs, cf.conversions_per_commit, cf.commits,
+                cf.incremental_cpu_ns / 1e3, cf.incremental_ms, cf.incremental_bytes);
     const bench::ImplResult& c = rep.impls[0];
     std::printf("cvmstate against each baseline (lower is better for cvmstate):\n");
     for (size_t i = 1; i < rep.impls.size(); ++i) {
@@ -112,7 +123,8 @@ void AddBenchCommand(CLI::App& app, int* exit_code) {
       "bench",
       "Replay a trace into every implementation (cvmstate, bitmap, roaring, icl)\n"
       "and compare heap bytes, ns per conversion, ns per lookup and ns to\n"
-      "enumerate the shared runs. Fails if they disagree on the final state.\n"
+      "enumerate the shared runs; for cvmstate also the listener path and\n"
+      "checkpoints into a store in $TMPDIR. Fails if they disagree on the final state.\n"
       "Example: cvmstate gen --profile steady --size 1T --ops 200000 > s.trace && cvmstate bench s.trace");
   sub->add_option("TRACE", o->trace, "Trace file")->required();
   sub->add_flag("--json", o->json, "Print one JSON object instead of a table");

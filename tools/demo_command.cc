@@ -21,6 +21,7 @@
 #include <memory>
 #include <string>
 
+#include "codec/state_digest.h"
 #include "migration/byte_stream.h"
 #include "migration/tcp.h"
 #include "session/incoming.h"
@@ -33,7 +34,6 @@
 #include "tools/human_bytes.h"
 #include "tools/output.h"
 #include "tools/workload.h"
-#include "tracker/state_digest.h"
 
 namespace cvmstate::tools {
 namespace {

@@ -11,6 +11,7 @@
 #include <memory>
 #include <string>
 
+#include "codec/state_digest.h"
 #include "migration/byte_stream.h"
 #include "migration/crc32c.h"
 #include "migration/destination.h"
@@ -24,7 +25,6 @@
 #include "tools/output.h"
 #include "tools/svg_map.h"
 #include "tracker/format.h"
-#include "tracker/state_digest.h"
 
 namespace cvmstate::tools {
 namespace {

@@ -34,15 +34,16 @@ class CraftedStream {
   }
 
   // Frame 1.
-  void Hello(const std::string& vm, const std::vector<CraftedBlock>& blocks, uint64_t total_runs) {
+  void Hello(const std::string& vm, const std::vector<CraftedBlock>& blocks, uint64_t total_runs,
+             uint32_t version = migration_internal::kFormatVersion) {
     flatbuffers::FlatBufferBuilder fb;
     std::vector<flatbuffers::Offset<schema::BlockDesc>> descs;
     for (const CraftedBlock& b : blocks) {
       descs.push_back(schema::CreateBlockDesc(fb, fb.CreateString(b.name), b.size, b.page_size,
                                               static_cast<uint8_t>(b.initial)));
     }
-    auto h = schema::CreateHello(fb, migration_internal::kMagic, migration_internal::kFormatVersion,
-                                 fb.CreateString(vm), fb.CreateVector(descs), total_runs);
+    auto h = schema::CreateHello(fb, migration_internal::kMagic, version, fb.CreateString(vm), fb.CreateVector(descs),
+                                 total_runs);
     Finish(fb, schema::Body::Hello, h.Union());
   }
 

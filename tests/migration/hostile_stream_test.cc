@@ -10,12 +10,12 @@
 #include <string>
 #include <vector>
 
+#include "codec/state_digest.h"
 #include "crafted_stream.h"
 #include "migration/destination.h"
 #include "migration/source.h"
 #include "process.h"
 #include "sanitizer.h"
-#include "tracker/state_digest.h"
 #include "tracker/vm_state.h"
 
 namespace cvmstate {
@@ -217,4 +217,62 @@ TEST(HostileStreamTest, EveryLegitimateShapeFitsItsBudget) {
 }
 
 }  // namespace
+// Streams of format 1 (the first release) carry the run-list digest in
+// their end frame: a destination still reads them, checking that digest;
+// the version decides which digest End must hold. The summaries the
+// destination kept section by section describe the state it returns.
+TEST(HostileStreamTest, FormatOneStreamsCarryTheRunListDigest) {
+  constexpr uint64_t kPages = 5 * (uint64_t{1} << 17) + 300;
+  auto stream = [&](uint32_t version, bool run_list_digest, VmState* expect) {
+    CraftedStream s;
+    s.Hello("g", {{"ram", kPages * 4096, 4096, PageState::kDiscarded}}, 0, version);
+    EXPECT_TRUE(expect->AddBlock("ram", kPages * 4096, 4096, PageState::kDiscarded).ok());
+    std::mt19937_64 rng(11);
+    for (uint32_t round = 0; round < 3; ++round) {
+      uint64_t at = 0;
+      for (int k = 0; k < 40; ++k) {
+        at += 1 + rng() % (kPages / 50);
+        const std::vector<ChunkRun> runs = AlternatingRuns(1 + rng() % 5);
+        if (at + runs.size() > kPages) break;
+        s.Section(at, runs);
+        for (size_t i = 0; i < runs.size(); ++i) {
+          EXPECT_TRUE(expect->block(0).Convert((at + i) * 4096, 4096, runs[i].state).ok());
+        }
+        at += runs.size();
+      }
+      s.FlushSections(round, 0);
+      s.RoundEnd(round);
+    }
+    s.End(3, run_list_digest ? ComputeRunListDigest(*expect) : ComputeStateDigest(*expect), 0);
+    return s.bytes();
+  };
+  struct Case {
+    uint32_t version;
+    bool run_list_digest;
+    const char* error;  // nullptr: received
+  } cases[] = {{1, true, nullptr},
+               {migration_internal::kFormatVersion, false, nullptr},
+               {1, false, "state digest mismatch"},
+               {migration_internal::kFormatVersion, true, "state digest mismatch"},
+               {3, false, "stream format version 3"}};
+  for (const Case& c : cases) {
+    VmState expect;
+    const std::string bytes = stream(c.version, c.run_list_digest, &expect);
+    MigrationDestination dest(MigrationDestination::Options{});
+    testing::StringSource in(bytes);
+    std::string id;
+    auto got = dest.Receive(&in, &id);
+    if (c.error == nullptr) {
+      ASSERT_TRUE(got.ok()) << "version " << c.version << ": " << got.status().message();
+      EXPECT_EQ(ComputeStateDigest(got.value()), ComputeStateDigest(expect));
+      ASSERT_EQ(dest.summaries().size(), 1u);
+      EXPECT_EQ(dest.summaries()[0].digest_sum(), BlockDigestSum(got.value().block(0)));
+      EXPECT_EQ(dest.summaries()[0].runs(), got.value().block(0).CountRuns());
+    } else {
+      ASSERT_FALSE(got.ok()) << "version " << c.version;
+      EXPECT_NE(got.status().message().find(c.error), std::string::npos) << got.status().message();
+    }
+  }
+}
+
 }  // namespace cvmstate

@@ -15,10 +15,10 @@
 #include <random>
 #include <thread>
 
+#include "codec/state_digest.h"
 #include "process.h"
 #include "string_stream.h"
 #include "text/listing.h"
-#include "tracker/state_digest.h"
 
 namespace cvmstate {
 namespace {

@@ -12,12 +12,12 @@
 #include <random>
 #include <thread>
 
+#include "codec/state_digest.h"
 #include "migration/byte_stream.h"
 #include "process.h"
 #include "sim/kvm_attr_sim.h"
 #include "sim/vfio_sim.h"
 #include "string_stream.h"
-#include "tracker/state_digest.h"
 
 namespace cvmstate {
 namespace {

@@ -16,15 +16,16 @@
 #include <random>
 
 #include "codec/chunk_codec.h"
+#include "codec/state_digest.h"
 #include "cvmstate/schema/manifest_generated.h"
 #include "process.h"
 #include "sanitizer.h"
+#include "store/checkpoint_decode.h"
 #include "store/store_keys.h"
 #include "store/vm_checkpointer.h"
 #include "text/listing.h"
 #include "text/trace.h"
 #include "tools/workload.h"
-#include "tracker/state_digest.h"
 
 namespace cvmstate {
 namespace {
@@ -543,15 +544,16 @@ struct CraftedBlock {
 
 // A manifest that passes the FlatBuffers verifier, with one block "ram"
 // (4 KiB pages, initially shared) whose stretch fields say what `b` says.
-std::string CraftManifest(const std::string& vm, const CraftedBlock& b, uint64_t digest) {
+std::string CraftManifest(const std::string& vm, const CraftedBlock& b, uint64_t digest,
+                          uint32_t version = store_format::kManifestVersion) {
   namespace fbs = cvmstate::schema;
   flatbuffers::FlatBufferBuilder fb;
   std::vector<flatbuffers::Offset<fbs::BlockManifest>> blocks;
   blocks.push_back(fbs::CreateBlockManifest(
       fb, fb.CreateString("ram"), b.size, 4096, static_cast<uint8_t>(PageState::kShared),
       fb.CreateVector(reinterpret_cast<const uint8_t*>(b.stretches.data()), b.stretches.size()), b.raw_size, b.count));
-  auto m = fbs::CreateManifest(fb, 1, fb.CreateString(vm), 1, CheckpointStore::kChunkShift, 0, fb.CreateVector(blocks),
-                               digest, 0);
+  auto m = fbs::CreateManifest(fb, version, fb.CreateString(vm), 1, CheckpointStore::kChunkShift, 0,
+                               fb.CreateVector(blocks), digest, 0);
   fbs::FinishManifestBuffer(fb, m);
   return std::string(reinterpret_cast<const char*>(fb.GetBufferPointer()), fb.GetSize());
 }
@@ -695,6 +697,68 @@ TEST(CheckpointStoreTest, ManyStretchesCostOnlyTheRunMap) {
   ASSERT_TRUE(r.returned) << r.message;
   EXPECT_EQ(r.code, Status::Code::kCorruption) << r.message;
   EXPECT_NE(r.message.find("chunk stretches"), std::string::npos) << r.message;
+}
+
+// Stores written by the first release hold manifests of format 1, whose
+// digest is the run-list digest: they still load (checked against that
+// digest), and report today's digest of the state they hold.
+TEST(CheckpointStoreTest, FormatOneManifestsStillLoad) {
+  VmState vm;
+  ASSERT_TRUE(vm.AddBlock(BlockTracker::Create("ram", uint64_t{1} << 33, 4096, PageState::kPrivate).value()).ok());
+  std::mt19937_64 rng(5);
+  for (int i = 0; i < 500; ++i) {
+    ASSERT_TRUE(vm.block(0).Convert((rng() % (uint64_t{1} << 21)) * 4096, 4096 * (1 + rng() % 100),
+                                    static_cast<PageState>(rng() % 3)).ok());
+  }
+  const std::string dir = MakeTempDir() + "/db";
+  auto store = OpenStore(dir);
+  ASSERT_TRUE(store->CommitFull("g", vm, 1).ok());
+  // The manifest again, as format 1 with the given digest.
+  std::string bytes;
+  ASSERT_TRUE(store->db()->Get(rocksdb::ReadOptions(), store_keys::ManifestKey("g"), &bytes).ok());
+  auto rewrite = [&](uint32_t version, uint64_t digest) {
+    namespace fbs = cvmstate::schema;
+    const fbs::Manifest* m = fbs::GetManifest(bytes.data());
+    EXPECT_EQ(m->format_version(), store_format::kManifestVersion);
+    EXPECT_EQ(m->digest(), ComputeStateDigest(vm));
+    EXPECT_EQ(m->total_runs(), vm.block(0).CountRuns());
+    const fbs::BlockManifest* bm = m->blocks()->Get(0);
+    flatbuffers::FlatBufferBuilder fb;
+    std::vector<flatbuffers::Offset<fbs::BlockManifest>> blocks;
+    blocks.push_back(fbs::CreateBlockManifest(
+        fb, fb.CreateString(bm->name()->str()), bm->size(), bm->page_size(), bm->initial(),
+        fb.CreateVector(bm->stretches()->data(), bm->stretches()->size()), bm->stretches_raw_size(),
+        bm->stretch_count()));
+    auto out = fbs::CreateManifest(fb, version, fb.CreateString("g"), m->sequence(), m->chunk_shift(), m->unix_time(),
+                                   fb.CreateVector(blocks), digest, m->total_runs());
+    fbs::FinishManifestBuffer(fb, out);
+    rocksdb::WriteOptions w;
+    w.sync = true;
+    ASSERT_TRUE(store->db()
+                    ->Put(w, store_keys::ManifestKey("g"),
+                          rocksdb::Slice(reinterpret_cast<const char*>(fb.GetBufferPointer()), fb.GetSize()))
+                    .ok());
+  };
+  rewrite(1, ComputeRunListDigest(vm));
+  CheckpointInfo info;
+  auto loaded = store->Load("g", &info);
+  ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+  EXPECT_EQ(ComputeStateDigest(loaded.value()), ComputeStateDigest(vm));
+  EXPECT_EQ(info.digest, ComputeStateDigest(vm));
+  // Format 1 with today's digest, or today's format with the old one: the
+  // version decides which digest is checked.
+  rewrite(1, ComputeStateDigest(vm));
+  auto wrong = store->Load("g");
+  ASSERT_FALSE(wrong.ok());
+  EXPECT_NE(wrong.status().message().find("state digest mismatch"), std::string::npos) << wrong.status().ToString();
+  rewrite(store_format::kManifestVersion, ComputeRunListDigest(vm));
+  wrong = store->Load("g");
+  ASSERT_FALSE(wrong.ok());
+  EXPECT_NE(wrong.status().message().find("state digest mismatch"), std::string::npos) << wrong.status().ToString();
+  rewrite(3, ComputeStateDigest(vm));
+  wrong = store->Load("g");
+  ASSERT_FALSE(wrong.ok());
+  EXPECT_NE(wrong.status().message().find("unknown manifest format version 3"), std::string::npos);
 }
 
 }  // namespace

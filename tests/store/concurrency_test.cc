@@ -9,6 +9,7 @@
 #include <random>
 #include <thread>
 
+#include "codec/state_digest.h"
 #include "migration/byte_stream.h"
 #include "migration/crc32c.h"
 #include "migration/destination.h"
@@ -18,7 +19,6 @@
 #include "process.h"
 #include "store/checkpoint_store.h"
 #include "store/vm_checkpointer.h"
-#include "tracker/state_digest.h"
 
 namespace cvmstate {
 namespace {

@@ -11,9 +11,9 @@
 #include <string>
 #include <vector>
 
+#include "codec/state_digest.h"
 #include "process.h"
 #include "store/checkpoint_store.h"
-#include "tracker/state_digest.h"
 
 namespace cvmstate {
 namespace {
