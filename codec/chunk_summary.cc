@@ -67,7 +67,8 @@ bool ChunkSummary::Read(const BlockTracker& b, uint64_t c0, uint64_t c1) {
         const uint64_t term = ChunkTerm(c, ChunkRunsHash(runs));
         pieces_.emplace_hint(next, c,
                              Piece{c + 1, term, static_cast<uint32_t>(runs.size()), kDetailed,
-                                   static_cast<uint8_t>(runs.front().state), static_cast<uint8_t>(runs.back().state)});
+                                   static_cast<uint8_t>(runs.front().state),
+                                   static_cast<uint8_t>(runs.back().state)});
         sum_ = AddMod(sum_, term);
       });
   return uniform;

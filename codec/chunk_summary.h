@@ -46,10 +46,10 @@ class ChunkSummary {
  private:
   // A stretch of uniform chunks of one state, or one detailed chunk.
   struct Piece {
-    uint64_t end;   // chunk after the last
-    uint64_t term;  // detailed: the chunk's digest term
-    uint32_t runs;  // detailed: runs cut at the chunk's edges
-    uint8_t kind;   // PageState value, or kDetailed
+    uint64_t end;         // chunk after the last
+    uint64_t term;        // detailed: the chunk's digest term
+    uint32_t runs;        // detailed: runs cut at the chunk's edges
+    uint8_t kind;         // PageState value, or kDetailed
     uint8_t first, last;  // detailed: states of the first and last page
   };
   using Map = std::map<uint64_t, Piece>;  // by first chunk; covers [0, chunks_)

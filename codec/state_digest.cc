@@ -93,7 +93,8 @@ uint64_t UniformTerms(uint64_t pages, uint64_t a, uint64_t z, PageState s) {
   if (a < z) {
     const Constants& k = Consts();
     // h * (R^a + ... + R^(z-1)) = h * R^a * (R^(z-a) - 1) / (R - 1)
-    const uint64_t series = MulMod(MulMod(PowMod(kBase, a), SubMod(PowMod(kBase, z - a), 1)), k.inv_base_minus_1);
+    const uint64_t series =
+        MulMod(MulMod(PowMod(kBase, a), SubMod(PowMod(kBase, z - a), 1)), k.inv_base_minus_1);
     sum = AddMod(sum, MulMod(k.full[static_cast<int>(s)], series));
   }
   return sum;
@@ -105,7 +106,9 @@ uint64_t BlockDigestSum(const BlockTracker& b) {
   ForEachChunk(
       b, kDigestChunkShift, 0, ChunkCount(pages, kDigestChunkShift),
       [&](uint64_t a, uint64_t z, PageState s) { sum = AddMod(sum, UniformTerms(pages, a, z, s)); },
-      [&](uint64_t c, const std::vector<ChunkRun>& runs) { sum = AddMod(sum, ChunkTerm(c, ChunkRunsHash(runs))); });
+      [&](uint64_t c, const std::vector<ChunkRun>& runs) {
+        sum = AddMod(sum, ChunkTerm(c, ChunkRunsHash(runs)));
+      });
   return sum;
 }
 

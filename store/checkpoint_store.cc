@@ -26,7 +26,6 @@ namespace fbs = cvmstate::schema;
 using namespace store_keys;
 
 constexpr uint32_t kFormatVersion = store_format::kFormatVersion;
-constexpr unsigned kChunkShift = CheckpointStore::kChunkShift;
 static_assert(CheckpointStore::kChunkShift == kDigestChunkShift, "the manifest's stretches are the digest's chunks");
 
 Status FromRocks(const rocksdb::Status& s, const std::string& what) {

@@ -60,9 +60,11 @@ Result<CheckpointFigures> MeasureCheckpoints(const bench::ParsedTrace& trace, ui
   }
 
   const char* tmp = getenv("TMPDIR");
-  std::string tmpl = std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") + "/cvmstate-bench-XXXXXX";
+  std::string tmpl =
+      std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") + "/cvmstate-bench-XXXXXX";
   if (mkdtemp(tmpl.data()) == nullptr) {
-    return Status::IOError("cannot create a temporary directory for the checkpoint store in " + tmpl);
+    return Status::IOError("cannot create a temporary directory for the checkpoint store in " +
+                           tmpl);
   }
   TempDir dir{tmpl};
   auto store = CheckpointStore::Open(dir.path + "/db");
@@ -74,7 +76,8 @@ Result<CheckpointFigures> MeasureCheckpoints(const bench::ParsedTrace& trace, ui
     auto t0 = std::chrono::steady_clock::now();
     auto c = cp.CommitState(vm);
     if (!c.ok()) return c.status();
-    f.full_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    f.full_ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     f.full_bytes = c.value().bytes;
     for (size_t i = 0; i < vm.num_blocks(); ++i) f.runs += vm.block(i).CountRuns();
 
@@ -90,7 +93,8 @@ Result<CheckpointFigures> MeasureCheckpoints(const bench::ParsedTrace& trace, ui
       t0 = std::chrono::steady_clock::now();
       c = cp.CommitState(vm);
       if (!c.ok()) return c.status();
-      wall.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+      wall.push_back(
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
       cpu.push_back(ThreadCpuNs() - c0);
       bytes.push_back(c.value().bytes);
     }

@@ -29,7 +29,8 @@ struct CheckpointFigures {
 // (TMPDIR, or /tmp), then applies the kept-back conversions committing
 // after each `conversions_per_commit`; the directory is removed at the
 // end. IOError if the store cannot be made or written.
-Result<CheckpointFigures> MeasureCheckpoints(const bench::ParsedTrace& trace, uint64_t commits = 100,
+Result<CheckpointFigures> MeasureCheckpoints(const bench::ParsedTrace& trace,
+                                             uint64_t commits = 100,
                                              uint64_t conversions_per_commit = 10);
 
 }  // namespace cvmstate::tools

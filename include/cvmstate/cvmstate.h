@@ -61,7 +61,7 @@ extern "C" {
 #endif
 
 #define CVMSTATE_VERSION_MAJOR 0
-#define CVMSTATE_VERSION_MINOR 3
+#define CVMSTATE_VERSION_MINOR 4
 #define CVMSTATE_VERSION_PATCH 0
 #define CVMSTATE_VERSION ((CVMSTATE_VERSION_MAJOR << 16) | (CVMSTATE_VERSION_MINOR << 8) | CVMSTATE_VERSION_PATCH)
 
@@ -125,7 +125,11 @@ typedef int (*cvmstate_run_fn)(void* opaque, uint64_t offset, uint64_t size, int
 CVMSTATE_API int cvmstate_for_each_run(const cvmstate_vm* vm, const char* block, uint64_t offset, uint64_t size,
                                        int state, cvmstate_run_fn fn, void* opaque);
 
-/* A 64-bit digest of the whole state: equal digests, equal states. */
+/* A 64-bit digest of the whole state: equal digests, equal states. Its
+ * definition is docs/stream-format.md section 4 since 0.4 (stream format 2:
+ * a sum of per-chunk terms, kept up to date by the library); 0.3 and
+ * earlier computed another value for the same state, so compare digests
+ * from one version. */
 CVMSTATE_API int cvmstate_vm_digest(const cvmstate_vm* vm, uint64_t* digest);
 
 /* v1. The one state of every page holding a byte of [offset, offset+size)

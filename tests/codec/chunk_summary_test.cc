@@ -42,11 +42,14 @@ Stretches WalkStretches(const BlockTracker& b) {
 }
 
 ::testing::AssertionResult Matches(const ChunkSummary& s, const BlockTracker& b) {
-  if (s.digest_sum() != BlockDigestSum(b)) return ::testing::AssertionFailure() << "digest sum differs";
+  if (s.digest_sum() != BlockDigestSum(b))
+    return ::testing::AssertionFailure() << "digest sum differs";
   if (s.runs() != b.CountRuns()) {
-    return ::testing::AssertionFailure() << "runs " << s.runs() << ", the block has " << b.CountRuns();
+    return ::testing::AssertionFailure()
+           << "runs " << s.runs() << ", the block has " << b.CountRuns();
   }
-  if (StretchesOf(s) != WalkStretches(b)) return ::testing::AssertionFailure() << "stretches differ";
+  if (StretchesOf(s) != WalkStretches(b))
+    return ::testing::AssertionFailure() << "stretches differ";
   return ::testing::AssertionSuccess();
 }
 
@@ -72,7 +75,8 @@ void RunRandom(uint64_t pages, uint64_t seed, int steps, int batch) {
         a = (rng() % ChunkCount(pages, kDigestChunkShift)) * kChunk, len = kChunk * (1 + rng() % 3);
         break;
       case 2:  // across a chunk edge
-        a = ((rng() % ChunkCount(pages, kDigestChunkShift)) * kChunk) + kChunk - 1 - rng() % 8, len = 2 + rng() % 16;
+        a = ((rng() % ChunkCount(pages, kDigestChunkShift)) * kChunk) + kChunk - 1 - rng() % 8,
+        len = 2 + rng() % 16;
         break;
       case 3:  // rarely, almost everything
         a = rng() % 4, len = rng() % 20 == 0 ? pages : 64;

@@ -49,9 +49,12 @@ TEST(StateDigestTest, UniformStretchesInClosedFormEqualTheirChunksOneByOne) {
       for (uint64_t z = a; z <= chunks; ++z) {
         uint64_t expect = 0;
         for (uint64_t c = a; c < z; ++c) {
-          expect = digest_math::AddMod(expect, ChunkTerm(c, ChunkRunsHash({{ChunkPagesAt(pages, kDigestChunkShift, c), state}})));
+          expect = digest_math::AddMod(
+              expect,
+              ChunkTerm(c, ChunkRunsHash({{ChunkPagesAt(pages, kDigestChunkShift, c), state}})));
         }
-        ASSERT_EQ(UniformTerms(pages, a, z, state), expect) << "state " << s << " chunks [" << a << ", " << z << ")";
+        ASSERT_EQ(UniformTerms(pages, a, z, state), expect)
+            << "state " << s << " chunks [" << a << ", " << z << ")";
       }
     }
   }
@@ -86,7 +89,8 @@ TEST(StateDigestTest, EveryPageAndEveryBlockFieldCounts) {
   ASSERT_TRUE(vm.AddBlock(NewBlock(pages, PageState::kPrivate)).ok());
   const uint64_t d0 = ComputeStateDigest(vm);
   std::vector<uint64_t> seen{d0};
-  for (uint64_t page : {uint64_t{0}, kChunk - 1, kChunk, uint64_t{123456789}, pages / 2, pages - 1}) {
+  for (uint64_t page :
+       {uint64_t{0}, kChunk - 1, kChunk, uint64_t{123456789}, pages / 2, pages - 1}) {
     for (PageState s : {PageState::kShared, PageState::kDiscarded}) {
       ASSERT_TRUE(vm.block(0).Convert(page * 4096, 4096, s).ok());
       const uint64_t d = ComputeStateDigest(vm);
@@ -98,10 +102,17 @@ TEST(StateDigestTest, EveryPageAndEveryBlockFieldCounts) {
   }
   // The same pages in another block, or under another name or page size.
   VmState other_name, other_page, two;
-  ASSERT_TRUE(other_name.AddBlock(BlockTracker::Create("rom", pages * 4096, 4096, PageState::kPrivate).value()).ok());
-  ASSERT_TRUE(other_page.AddBlock(BlockTracker::Create("ram", pages * 4096, 8192, PageState::kPrivate).value()).ok());
+  ASSERT_TRUE(
+      other_name
+          .AddBlock(BlockTracker::Create("rom", pages * 4096, 4096, PageState::kPrivate).value())
+          .ok());
+  ASSERT_TRUE(
+      other_page
+          .AddBlock(BlockTracker::Create("ram", pages * 4096, 8192, PageState::kPrivate).value())
+          .ok());
   ASSERT_TRUE(two.AddBlock(NewBlock(pages, PageState::kPrivate)).ok());
-  ASSERT_TRUE(two.AddBlock(BlockTracker::Create("rom", 4096, 4096, PageState::kPrivate).value()).ok());
+  ASSERT_TRUE(
+      two.AddBlock(BlockTracker::Create("rom", 4096, 4096, PageState::kPrivate).value()).ok());
   EXPECT_NE(ComputeStateDigest(other_name), d0);
   EXPECT_NE(ComputeStateDigest(other_page), d0);
   EXPECT_NE(ComputeStateDigest(two), d0);
@@ -114,8 +125,10 @@ TEST(StateDigestTest, ChunksTradingStatesChangeTheDigest) {
   VmState a, b;
   ASSERT_TRUE(a.AddBlock(NewBlock(pages, PageState::kPrivate)).ok());
   ASSERT_TRUE(b.AddBlock(NewBlock(pages, PageState::kShared)).ok());
-  for (uint64_t c : {0, 3}) ASSERT_TRUE(a.block(0).Convert(c * kChunk * 4096, kChunk * 4096, PageState::kShared).ok());
-  for (uint64_t c : {0, 3}) ASSERT_TRUE(b.block(0).Convert(c * kChunk * 4096, kChunk * 4096, PageState::kPrivate).ok());
+  for (uint64_t c : {0, 3})
+    ASSERT_TRUE(a.block(0).Convert(c * kChunk * 4096, kChunk * 4096, PageState::kShared).ok());
+  for (uint64_t c : {0, 3})
+    ASSERT_TRUE(b.block(0).Convert(c * kChunk * 4096, kChunk * 4096, PageState::kPrivate).ok());
   EXPECT_NE(ComputeStateDigest(a), ComputeStateDigest(b));
   // And the run-list digest of stores of format 1 is another function.
   EXPECT_NE(ComputeRunListDigest(a), ComputeStateDigest(a));
