@@ -1,6 +1,8 @@
 #include "codec/chunk_summary.h"
 
 #include <iterator>
+#include <utility>
+#include <vector>
 
 #include "codec/chunk_walk.h"
 #include "codec/state_digest.h"
@@ -14,6 +16,7 @@ using namespace digest_math;
 
 void ChunkSummary::Rebuild(const BlockTracker& b) {
   pieces_.clear();
+  codes_.clear();
   pages_ = BlockPages(b);
   chunks_ = ChunkCount(pages_, kDigestChunkShift);
   sum_ = 0;
@@ -30,6 +33,14 @@ void ChunkSummary::Update(const BlockTracker& b, uint64_t c0, uint64_t c1) {
   // around them stay, since their outer pages keep their states.
   const uint64_t x = c0 == 0 ? 0 : c0 - 1, y = std::min(chunks_, c1 + 1);
   const uint64_t before = LocalRuns(x, y);
+  // The pieces that change start in [start of the piece holding x, y):
+  // their segments' codes go.
+  {
+    auto it = pieces_.upper_bound(x);
+    --it;
+    codes_.erase(codes_.lower_bound(it->first >> kSegmentShift),
+                 codes_.upper_bound((y - 1) >> kSegmentShift));
+  }
   SplitAt(c0);
   if (c1 < chunks_) SplitAt(c1);
   // Stretches change only if a uniform piece goes or comes: detailed
@@ -95,6 +106,61 @@ uint64_t ChunkSummary::LocalRuns(uint64_t x, uint64_t y) const {
     prev_last = p.last;
   }
   return n;
+}
+
+ChunkSummary::SegmentCode ChunkSummary::Encode(Map::const_iterator it) const {
+  const uint64_t end = ((it->first >> kSegmentShift) + 1) << kSegmentShift;
+  std::vector<std::pair<uint64_t, uint8_t>> v;
+  for (; it != pieces_.end() && it->first < end; ++it) {
+    const uint64_t n = it->second.end - it->first;
+    if (!v.empty() && v.back().second == it->second.kind) {
+      v.back().first += n;
+    } else {
+      v.push_back({n, it->second.kind});
+    }
+  }
+  SegmentCode sc;
+  sc.stretches = static_cast<uint32_t>(v.size());
+  sc.first_chunks = v.front().first, sc.first_kind = v.front().second;
+  sc.last_chunks = v.back().first, sc.last_kind = v.back().second;
+  for (size_t i = 1; i + 1 < v.size(); ++i) {
+    PutVarint(&sc.middle, v[i].first);
+    sc.middle.push_back(static_cast<char>(v[i].second));
+  }
+  return sc;
+}
+
+void ChunkSummary::EncodeStretches(std::string* raw, uint32_t* count) const {
+  raw->clear();
+  *count = 0;
+  bool have = false;  // a stretch waiting: the next may extend it
+  uint64_t chunks = 0;
+  uint8_t kind = 0;
+  auto write = [&] {
+    PutVarint(raw, chunks);
+    raw->push_back(static_cast<char>(kind));
+    ++*count;
+  };
+  for (auto it = pieces_.cbegin(); it != pieces_.cend();) {
+    const uint64_t g = it->first >> kSegmentShift;
+    auto code = codes_.find(g);
+    if (code == codes_.end()) code = codes_.emplace(g, Encode(it)).first;
+    const SegmentCode& sc = code->second;
+    if (have && kind == sc.first_kind) {
+      chunks += sc.first_chunks;
+    } else {
+      if (have) write();
+      have = true, chunks = sc.first_chunks, kind = sc.first_kind;
+    }
+    if (sc.stretches >= 2) {
+      write();
+      raw->append(sc.middle);
+      *count += sc.stretches - 2;
+      chunks = sc.last_chunks, kind = sc.last_kind;
+    }
+    it = pieces_.lower_bound((g + 1) << kSegmentShift);
+  }
+  if (have) write();
 }
 
 void ChunkSummary::SplitAt(uint64_t c) {

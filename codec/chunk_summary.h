@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <map>
+#include <string>
 
 #include "tracker/block_tracker.h"
 
@@ -36,6 +37,12 @@ class ChunkSummary {
   // all uniform of one state, or all detailed (state kDetailed), in order.
   template <typename Fn>
   void ForEachStretch(Fn&& fn) const;
+  // The manifest's raw stretch list: "varint chunks | u8 state" for each
+  // stretch ForEachStretch reports, into *raw (replacing it), and their
+  // number. Keeps the encoding of each segment of 2^kSegmentShift chunks
+  // (by where its pieces start) until an update touches it, so that it
+  // costs O(segments + bytes) rather than a walk of every piece.
+  void EncodeStretches(std::string* raw, uint32_t* count) const;
   // Changes whenever the stretches ForEachStretch reports may have
   // changed (a chunk turned uniform or detailed, or a uniform chunk changed
   // state); a writer can keep them encoded until then.
@@ -53,10 +60,22 @@ class ChunkSummary {
     uint8_t first, last;  // detailed: states of the first and last page
   };
   using Map = std::map<uint64_t, Piece>;  // by first chunk; covers [0, chunks_)
+  static constexpr unsigned kSegmentShift = 10;
+  // The stretches of the pieces starting in one segment, neighbours of one
+  // kind merged: the first and last stand apart (they may merge with the
+  // segments around), the others are encoded.
+  struct SegmentCode {
+    uint64_t first_chunks = 0, last_chunks = 0;
+    uint8_t first_kind = 0, last_kind = 0;
+    uint32_t stretches = 0;
+    std::string middle;
+  };
 
   // The runs pieces meeting chunks [x, y) contribute, less their joins
   // (adjacent pieces among them whose touching pages share a state).
   uint64_t LocalRuns(uint64_t x, uint64_t y) const;
+  // The code of the segment whose first piece is *it.
+  SegmentCode Encode(Map::const_iterator it) const;
   // Cuts the piece holding chunk c so that a piece starts at c.
   void SplitAt(uint64_t c);
   // Merges the piece starting at c with the one before, if both are
@@ -68,6 +87,7 @@ class ChunkSummary {
   bool Read(const BlockTracker& b, uint64_t c0, uint64_t c1);
 
   Map pieces_;
+  mutable std::map<uint64_t, SegmentCode> codes_;  // by segment; only those of a pieces' start
   uint64_t pages_ = 0, chunks_ = 0;
   uint64_t sum_ = 0, runs_ = 0;
   uint64_t stretch_version_ = 0;

@@ -187,13 +187,8 @@ Result<uint64_t> CheckpointStore::PutManifest(rocksdb::WriteBatch* batch, const 
     const ChunkSummary& summary = summaries[i];
     EncodedStretches& e = (*cache)[i];
     if (e.version != summary.stretch_version()) {
-      raw.clear();
       uint32_t count = 0;
-      summary.ForEachStretch([&](uint64_t chunks, uint8_t state) {
-        PutVarint(&raw, chunks);
-        raw.push_back(static_cast<char>(state));
-        ++count;
-      });
+      summary.EncodeStretches(&raw, &count);
       e.version = ~uint64_t{0};  // until encoded
       Status zs = ZstdCompress(raw, &e.z);
       if (!zs.ok()) return zs;

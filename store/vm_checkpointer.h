@@ -23,8 +23,10 @@ namespace cvmstate {
 // Cost: the first commit reads every run; a later one reads the runs of
 // the changed chunks and keeps each block's digest sum, run count and
 // stretches (ChunkSummary) up to date from them, so it costs O(k log n)
-// CPU for k changed chunks, plus the manifest's stretch list (one or two
-// bytes a stretch of chunks, never a pass over runs).
+// CPU for k changed chunks, plus the manifest's stretch list: kept encoded
+// per segment of chunks, encoded again only where it changed, compressed
+// whole when it changed (one or two bytes a stretch of chunks, never a pass
+// over runs).
 //
 // Lifetime: the store must outlive the checkpointer, and the checkpointer
 // (which reads the VM's change journal) must be destroyed before the

@@ -48,8 +48,20 @@ Stretches WalkStretches(const BlockTracker& b) {
     return ::testing::AssertionFailure()
            << "runs " << s.runs() << ", the block has " << b.CountRuns();
   }
-  if (StretchesOf(s) != WalkStretches(b))
-    return ::testing::AssertionFailure() << "stretches differ";
+  const Stretches walked = WalkStretches(b);
+  if (StretchesOf(s) != walked) return ::testing::AssertionFailure() << "stretches differ";
+  // The encoding the manifest holds, from the segments' codes.
+  std::string raw, expect;
+  uint32_t count = 0;
+  s.EncodeStretches(&raw, &count);
+  for (const auto& [n, k] : walked) {
+    PutVarint(&expect, n);
+    expect.push_back(static_cast<char>(k));
+  }
+  if (raw != expect || count != walked.size()) {
+    return ::testing::AssertionFailure()
+           << "encoded stretches differ (" << count << " vs " << walked.size() << ")";
+  }
   return ::testing::AssertionSuccess();
 }
 
@@ -137,6 +149,12 @@ TEST(ChunkSummaryTest, ConversionsInsideDetailedChunksKeepTheStretches) {
   s.Update(*b, 2, 3);
   ASSERT_TRUE(Matches(s, *b));
   EXPECT_NE(s.stretch_version(), version);
+}
+
+TEST(ChunkSummaryTest, ManySegmentsOfCachedStretches) {
+  // 5,000 chunks: the stretch list's codes are kept per 1,024 chunks, and
+  // conversions anywhere must drop exactly the codes they change.
+  for (uint64_t seed = 1; seed <= 3; ++seed) RunRandom(5000 * kChunk + 77, seed, 800, 4);
 }
 
 TEST(ChunkSummaryTest, SmallBlocksOfOneShortChunk) {
