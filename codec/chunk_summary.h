@@ -2,6 +2,8 @@
 // sum, its run count, its stretches of uniform chunks), kept up to date
 // chunk range by chunk range, so that a checkpoint after k conversions
 // costs the runs of the chunks they touched, not the whole state (internal).
+// Not thread-safe, not even its const calls (EncodeStretches fills a
+// cache): one owner at a time, as the VmState it describes.
 #ifndef CVMSTATE_CODEC_CHUNK_SUMMARY_H_
 #define CVMSTATE_CODEC_CHUNK_SUMMARY_H_
 
