@@ -22,11 +22,16 @@
 #define CVMSTATE_RUN_MAP_H_
 
 #include <algorithm>
+#include <bit>
 #include <array>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <vector>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "tracker/page_state.h"
 
@@ -40,30 +45,6 @@ struct Run {
 
 // Pages per state (indexed by PageState value).
 using StateCounts = std::array<uint64_t, kNumPageStates>;
-
-namespace run_map_internal {
-// For each byte value, the positions of its set bits in ascending order
-// and how many there are.
-struct SetBitTable {
-  struct Row {
-    uint8_t pos[8];
-    uint8_t count;
-  };
-  Row rows[256];
-};
-constexpr SetBitTable MakeSetBitTable() {
-  SetBitTable t{};
-  for (unsigned v = 0; v < 256; ++v) {
-    uint8_t n = 0;
-    for (uint8_t b = 0; b < 8; ++b) {
-      if ((v >> b) & 1) t.rows[v].pos[n++] = b;
-    }
-    t.rows[v].count = n;
-  }
-  return t;
-}
-inline constexpr SetBitTable kSetBits = MakeSetBitTable();
-}  // namespace run_map_internal
 
 class RunMap {
  public:
@@ -294,41 +275,49 @@ void RunMap::ForEachRunOf(PageState s, uint64_t begin, uint64_t end, Fn&& fn) co
     const bool clip = eb < begin || ee > end;
     if (e.kind == kUniform) {
       if (e.state == sv) emit(std::max(eb, begin), std::min(ee, end), true);
-    } else if (e.kind == kList && !clip && e.count <= kListMaxRunsCap) {
-      // Collect the indexes of runs of s eight at a time without a branch
-      // per run: a state byte equal to s leaves a 1 in its low bit (states
-      // are below 4), and the eight bits index a table of their positions.
-      // Reporting then branches per run of s only. (Lists never hold more
-      // than kListMaxRunsCap runs; the count check above only keeps `hits`
-      // in bounds whatever happens.)
+    } else if (e.kind == kList && !clip) {
+      // Find the runs of s 64 at a time without a branch per run: compare
+      // the state bytes 16 (SSE2) or 8 (any CPU: a byte equal to s leaves
+      // a 1 in its low bit, states being below 4) at a time into a mask,
+      // then report its set bits. Reporting branches per run of s only, so
+      // the scan costs the list's bytes plus the runs it reports.
       const uint16_t* st = Starts(e);
       const uint8_t* ss = States(e);
       const uint32_t n = e.count;
       // Each list is an allocation of its own: fetch the next one while
       // this one is read.
-      if (const Pos next = Next(i); !IsEnd(next)) __builtin_prefetch(At(next).data);
-      uint16_t hits[kListMaxRunsCap + 8];
-      uint32_t nh = 0;
+      if (const Pos next = Next(i); !IsEnd(next) && At(next).kind == kList) {
+        __builtin_prefetch(States(At(next)));
+        __builtin_prefetch(At(next).data);
+      }
       constexpr uint64_t kBytes = 0x0101010101010101ULL;
-      uint32_t k = 0;
-      for (; k + 8 <= n; k += 8) {
-        uint64_t x;
-        std::memcpy(&x, ss + k, sizeof x);
-        x ^= kBytes * sv;
-        const uint64_t m = ~(x | (x >> 1)) & kBytes;
-        if (m == 0) continue;
-        const run_map_internal::SetBitTable::Row& row =
-            run_map_internal::kSetBits.rows[static_cast<unsigned>((m * 0x0102040810204080ULL) >> 56)];
-        for (unsigned j = 0; j < 8; ++j) hits[nh + j] = static_cast<uint16_t>(k + row.pos[j]);
-        nh += row.count;
-      }
-      for (; k < n; ++k) {
-        hits[nh] = static_cast<uint16_t>(k);
-        nh += ss[k] == sv;
-      }
-      for (uint32_t h = 0; h < nh; ++h) {
-        const uint32_t r = hits[h];
-        emit(eb + st[r], r + 1 < n ? eb + st[r + 1] : ee, r + 1 == n);
+      for (uint32_t k0 = 0; k0 < n; k0 += 64) {
+        // Whole words up to the count rounded up to 8: a list's capacity
+        // is a multiple of 8 and states past its count are initialised
+        // (ReserveList); their bits are masked off.
+        const uint32_t lim = std::min<uint32_t>(n - k0, 64);
+        uint64_t mask = 0;
+        uint32_t j = 0;
+#if defined(__SSE2__)
+        const __m128i want = _mm_set1_epi8(static_cast<char>(sv));
+        for (; j + 16 <= lim; j += 16) {
+          const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(ss + k0 + j));
+          mask |= uint64_t{static_cast<uint16_t>(_mm_movemask_epi8(_mm_cmpeq_epi8(x, want)))} << j;
+        }
+#endif
+        for (; j < lim; j += 8) {
+          uint64_t x;
+          std::memcpy(&x, ss + k0 + j, sizeof x);
+          x ^= kBytes * sv;
+          const uint64_t m = ~(x | (x >> 1)) & kBytes;
+          mask |= ((m * 0x0102040810204080ULL) >> 56) << j;
+        }
+        if (lim < 64) mask &= (uint64_t{1} << lim) - 1;
+        while (mask != 0) {
+          const uint32_t r = k0 + static_cast<uint32_t>(std::countr_zero(mask));
+          mask &= mask - 1;
+          emit(eb + st[r], r + 1 < n ? eb + st[r + 1] : ee, r + 1 == n);
+        }
       }
     } else {
       // Dense entries, and the clipped first and last list entries: walk
