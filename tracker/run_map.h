@@ -22,8 +22,8 @@
 #define CVMSTATE_RUN_MAP_H_
 
 #include <algorithm>
-#include <bit>
 #include <array>
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
