@@ -10,6 +10,7 @@
 #include "bench/impls.h"
 #include "sim/host_listeners.h"
 #include "text/trace.h"
+#include "tracker/journal_reader.h"
 #include "tracker/vm_state.h"
 
 namespace cvmstate::bench {
@@ -56,6 +57,10 @@ std::vector<RunRecord> Listing(const TrackerImpl& impl, size_t nblocks) {
   return v;
 }
 
+// demo's checkpoint cadence (a checkpoint every eighth of its 100,000
+// conversions).
+constexpr uint64_t kConversionsPerCheckpoint = 12500;
+
 // The listener path itself, on the caller's thread.
 void RunListenerPath(const ParsedTrace& trace, double* ns_out, std::string* failure) {
   HostListeners host;  // declared first, gone last: vm never holds a listener already freed
@@ -68,14 +73,26 @@ void RunListenerPath(const ParsedTrace& trace, double* ns_out, std::string* fail
       return;
     }
   }
-  (void)vm.OpenEpoch();  // the journal on, as a checkpointing VMM has it
+  // The journal on and read as a checkpointing VMM has it: a reader (the
+  // checkpointer's) takes every block's changes and moves on every
+  // kConversionsPerCheckpoint conversions, as `demo` does; reading is timed
+  // with the conversions.
+  JournalReader checkpointer;
+  checkpointer.Attach(&vm);
+  uint64_t since_checkpoint = 0;
   auto t0 = Clock::now();
   for (const BenchOp& op : trace.ops) {
     BlockTracker& t = vm.block(op.block);
     const unsigned sh = t.page_shift();
     (void)t.Convert(op.begin << sh, (op.end - op.begin) << sh, op.state);
+    if (++since_checkpoint == kConversionsPerCheckpoint) {
+      for (size_t i = 0; i < vm.num_blocks(); ++i) (void)checkpointer.Changed(vm.block(i));
+      checkpointer.Advance();
+      since_checkpoint = 0;
+    }
   }
   *ns_out = trace.ops.empty() ? 0 : NsSince(t0) / static_cast<double>(trace.ops.size());
+
   std::vector<uint64_t> mapped(vm.num_blocks(), 0);
   for (const VfioContainer::Mapping& m : host.vfio().LiveMappings()) {
     mapped[static_cast<size_t>(vm.IndexOf(m.block))] += m.length;

@@ -6,7 +6,9 @@
 // ranges. Here ranges sit in leaves of at most 2 * kLeaf entries under a
 // sorted vector of the leaves' first begins: a search reads that small
 // index and one leaf; an insert or erase moves at most one leaf (and the
-// index when a leaf splits or empties). Not thread-safe.
+// index when a leaf splits or empties). The merged operations (AddMerged,
+// Cut) search once and then work from that position, however many ranges
+// they join or remove. Not thread-safe.
 #ifndef CVMSTATE_SIM_SORTED_RANGES_H_
 #define CVMSTATE_SIM_SORTED_RANGES_H_
 
@@ -47,12 +49,23 @@ class SortedRanges {
   // Adds [a, b) merged with every range it overlaps or touches, so ranges
   // stay maximal; returns the bytes that were not in a range before.
   uint64_t AddMerged(uint64_t a, uint64_t b);
+  // What a Cut did to the ranges it met.
+  struct CutCounts {
+    uint64_t removed = 0;  // ranges inside [a, b), gone
+    uint64_t cut = 0;      // ranges crossing a or b, shortened or split
+    uint64_t pieces = 0;   // what is left of the cut ones (one each, two for a split)
+  };
   // Removes [a, b) from the ranges, cutting those that cross a or b;
-  // returns the bytes removed.
-  uint64_t Cut(uint64_t a, uint64_t b);
+  // returns the bytes removed and, if counts is not null, adds to *counts.
+  uint64_t Cut(uint64_t a, uint64_t b, CutCounts* counts = nullptr);
 
   // Every range, ascending.
   std::vector<Range> All() const;
+
+  // Whether the internal invariants hold (sorted, disjoint, each leaf's
+  // index entry its first begin, only a lone first leaf empty, the size);
+  // O(size), for tests.
+  bool Valid() const;
 
  private:
   // Where the last range that begins at or before a is: leaves_[leaf][slot]
@@ -66,6 +79,12 @@ class SortedRanges {
   Pos Locate(uint64_t a) const;
   // The range after p's (the first range if none was found), or null.
   const Range* NextAfter(Pos p) const;
+  // Position of that range; leaf == leaves_.size() if there is none.
+  Pos NextPos(Pos p) const;
+  Range& At(Pos p) { return leaves_[p.leaf][p.slot]; }
+  bool IsEnd(Pos p) const { return p.leaf >= leaves_.size(); }
+  // Removes n consecutive ranges, the first at p (in place, leaf by leaf).
+  void EraseSpan(Pos p, size_t n);
   void InsertAt(size_t leaf, size_t slot, Range r);
   void EraseAt(size_t leaf, size_t slot);
   std::vector<std::vector<Range>> leaves_;  // never empty; only leaf 0 may be

@@ -64,6 +64,17 @@ Status VfioContainer::Map(BlockMaps* b, uint64_t offset, uint64_t size) {
 
 void VfioContainer::Unmap(BlockMaps* b, uint64_t offset, uint64_t size) {
   const uint64_t end = offset + size;
+  if (mode_ == Mode::kExtent) {
+    // Mappings inside go, those crossing an edge are cut: one search.
+    SortedRanges::CutCounts c;
+    (void)b->maps.Cut(offset, end, &c);
+    stats_.unmaps += c.removed + c.cut;
+    stats_.cuts += c.cut;
+    stats_.maps += c.pieces;
+    stats_.mappings = stats_.mappings - c.removed - c.cut + c.pieces;
+    stats_.peak = std::max(stats_.peak, stats_.mappings);
+    return;
+  }
   b->maps.Find(offset, end, false, &found_);
   for (const SortedRanges::Range& m : found_) {
     if (m.begin >= offset && m.end <= end) {
@@ -72,17 +83,7 @@ void VfioContainer::Unmap(BlockMaps* b, uint64_t offset, uint64_t size) {
       --stats_.mappings;
       continue;
     }
-    // Only part of this mapping is discarded.
-    if (mode_ == Mode::kGranule) {
-      ++stats_.violations;  // type1 refuses to unmap part of a mapping
-      continue;
-    }
-    (void)b->maps.Erase(m.begin);
-    ++stats_.unmaps;
-    --stats_.mappings;
-    ++stats_.cuts;
-    if (m.begin < offset) Insert(b, m.begin, offset - m.begin);
-    if (m.end > end) Insert(b, end, m.end - end);
+    ++stats_.violations;  // type1 refuses to unmap part of a mapping
   }
 }
 

@@ -25,15 +25,56 @@ void MergeSorted(std::vector<E>* v) {
   v->resize(out);
 }
 
+// Sorts v by begin, stably: a least-significant-digit radix sort, a byte
+// a pass, skipping the bytes in which every begin agrees. Page numbers of
+// random changes make a comparison sort mispredict about every other
+// compare: this costs a few passes of plain loads and stores instead.
 template <typename E>
-bool ByBegin(const E& a, const E& b) {
-  return a.begin < b.begin;
+void SortByBegin(std::vector<E>* v) {
+  if (v->size() < 2) return;
+  uint64_t lo = ~uint64_t{0}, hi = 0;
+  for (const E& e : *v) {
+    lo &= e.begin;
+    hi |= e.begin;
+  }
+  const uint64_t differ = lo ^ hi;  // bits in which some begins differ
+  std::vector<E> tmp(v->size());
+  for (unsigned shift = 0; shift < 64; shift += 8) {
+    if (((differ >> shift) & 0xff) == 0) continue;
+    size_t count[256] = {};
+    for (const E& e : *v) ++count[(e.begin >> shift) & 0xff];
+    size_t sum = 0;
+    for (size_t& c : count) {
+      const size_t n = c;
+      c = sum;
+      sum += n;
+    }
+    for (const E& e : *v) tmp[count[(e.begin >> shift) & 0xff]++] = e;
+    v->swap(tmp);
+  }
 }
 
 template <typename E>
 void SortAndMerge(std::vector<E>* v) {
-  std::sort(v->begin(), v->end(), ByBegin<E>);
+  SortByBegin(v);
   MergeSorted(v);
+}
+
+// Writes a and b (each sorted by begin) to out, sorted by begin, stably
+// (a's entries first on ties). No branch per entry: the order of random
+// ranges is unpredictable, and a mispredicted branch per copied entry was
+// most of a merge's cost.
+template <typename E>
+void MergeByBegin(const std::vector<E>& a, const std::vector<E>& b, E* out) {
+  const E *i = a.data(), *ie = i + a.size(), *j = b.data(), *je = j + b.size();
+  while (i < ie && j < je) {
+    const bool take_j = j->begin < i->begin;
+    *out++ = *(take_j ? j : i);
+    j += take_j;
+    i += !take_j;
+  }
+  out = std::copy(i, ie, out);
+  std::copy(j, je, out);
 }
 
 }  // namespace
@@ -50,25 +91,43 @@ void ChangeJournal::Record(uint64_t begin, uint64_t end) {
     }
   }
   recent_.push_back({epoch_, begin, end});
-  if (recent_.size() > std::max<size_t>(4096, 2 * compacted_.size())) Compact();
+  if (recent_.size() >= kBatch) Compact();
 }
 
 void ChangeJournal::Compact() {
-  // Sort only what is new and merge it into the sorted rest: each entry is
-  // sorted once, not again at every compaction.
   SortAndMerge(&recent_);
-  const size_t mid = compacted_.size();
-  compacted_.insert(compacted_.end(), recent_.begin(), recent_.end());
+  // A copy the size of what is left after merging repeats; the batch
+  // buffer stays for the next batch.
+  runs_.emplace_back(recent_.begin(), recent_.end());
   recent_.clear();
-  std::inplace_merge(compacted_.begin(), compacted_.begin() + static_cast<ptrdiff_t>(mid), compacted_.end(),
-                     ByBegin<Entry>);
-  MergeSorted(&compacted_);
+  while (runs_.size() >= 2 && runs_[runs_.size() - 2].size() <= 2 * runs_.back().size()) {
+    std::vector<Entry>& older = runs_[runs_.size() - 2];
+    std::vector<Entry>& newer = runs_.back();
+    // Into the spare buffer, which then trades places with older: buffers
+    // are reused instead of grown, since on a VM first touching a page of
+    // fresh memory costs more than copying it.
+    spare_.resize(older.size() + newer.size());
+    MergeByBegin(older, newer, spare_.data());
+    MergeSorted(&spare_);
+    older.swap(spare_);
+    if (spare_.capacity() < newer.capacity()) spare_.swap(newer);
+    spare_.clear();  // a buffer, never entries
+    runs_.pop_back();
+  }
+}
+
+size_t ChangeJournal::MemoryBytes() const {
+  size_t n = (recent_.capacity() + spare_.capacity()) * sizeof(Entry) + runs_.capacity() * sizeof(std::vector<Entry>);
+  for (const auto& r : runs_) n += r.capacity() * sizeof(Entry);
+  return n;
 }
 
 std::vector<PageRange> ChangeJournal::ChangedSince(uint64_t since) const {
   std::vector<PageRange> out;
-  for (const Entry& e : compacted_)
-    if (e.epoch >= since) out.push_back({e.begin, e.end});
+  for (const auto& run : runs_) {
+    for (const Entry& e : run)
+      if (e.epoch >= since) out.push_back({e.begin, e.end});
+  }
   auto first = std::lower_bound(recent_.begin(), recent_.end(), since,
                                 [](const Entry& e, uint64_t s) { return e.epoch < s; });
   for (auto it = first; it != recent_.end(); ++it) out.push_back({it->begin, it->end});
@@ -77,10 +136,24 @@ std::vector<PageRange> ChangeJournal::ChangedSince(uint64_t since) const {
 }
 
 void ChangeJournal::Trim(uint64_t before) {
-  std::erase_if(compacted_, [before](const Entry& e) { return e.epoch < before; });
+  size_t emptied = 0;
+  for (auto& run : runs_) {
+    std::erase_if(run, [before](const Entry& e) { return e.epoch < before; });
+    if (!run.empty()) continue;
+    // The largest emptied buffer stays as the spare: a journal read and
+    // trimmed at every checkpoint then refills memory it already has.
+    emptied = std::max(emptied, run.capacity());
+    if (run.capacity() > spare_.capacity()) spare_.swap(run);
+  }
+  std::erase_if(runs_, [](const std::vector<Entry>& r) { return r.empty(); });
   auto first = std::lower_bound(recent_.begin(), recent_.end(), before,
                                 [](const Entry& e, uint64_t s) { return e.epoch < s; });
   recent_.erase(recent_.begin(), first);
+  // But no larger than what this trim freed or what is kept: a burst's
+  // buffer is given back at the next quiet trim.
+  size_t kept = recent_.size();
+  for (const auto& run : runs_) kept += run.size();
+  if (spare_.capacity() > 2 * std::max({emptied, kept, kBatch})) std::vector<Entry>().swap(spare_);
 }
 
 }  // namespace cvmstate

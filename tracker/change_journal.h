@@ -6,7 +6,9 @@
 // is O(1) amortized; ChangedSince costs what is kept, never the block size.
 // Ranges come back sorted and merged, never smaller than what changed.
 // Entries are compacted (sorted, merged within an epoch), so memory stays
-// O(distinct changed ranges per epoch kept).
+// O(distinct changed ranges per epoch kept), plus a batch buffer of at
+// most 384 KiB; recording costs O(log) amortized copies of an entry,
+// whether or not anyone trims.
 // Not thread-safe.
 #ifndef CVMSTATE_CHANGE_JOURNAL_H_
 #define CVMSTATE_CHANGE_JOURNAL_H_
@@ -45,20 +47,26 @@ class ChangeJournal {
   void Trim(uint64_t before);
 
   // Heap bytes held.
-  size_t MemoryBytes() const {
-    return recent_.capacity() * sizeof(Entry) + compacted_.capacity() * sizeof(Entry);
-  }
+  size_t MemoryBytes() const;
 
  private:
   struct Entry {
-    uint64_t epoch;  // compacted: the newest epoch of what was merged
+    uint64_t epoch;  // entries merge only within one epoch
     uint64_t begin, end;
   };
   void Compact();
 
+  // Records go to recent_ (in epoch order) until it holds kBatch, which is
+  // then sorted and merged (in cache) and becomes the newest sorted run.
+  // Runs are merged pairwise while the older one is at most twice the size
+  // of the newer: O(log) runs, and each entry is copied O(log) times in
+  // all. A single sorted list grown by every batch would copy all of it per
+  // batch, and sorting a large unsorted tail costs a cache miss a compare.
+  static constexpr size_t kBatch = 16384;
   uint64_t epoch_ = 0;
-  std::vector<Entry> recent_;     // in epoch order
-  std::vector<Entry> compacted_;  // disjoint, sorted by begin
+  std::vector<Entry> recent_;
+  std::vector<std::vector<Entry>> runs_;  // each sorted by begin and merged within an epoch; oldest first
+  std::vector<Entry> spare_;              // a merge's output buffer, kept for the next
 };
 
 }  // namespace cvmstate

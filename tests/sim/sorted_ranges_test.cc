@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <random>
 #include <vector>
 
@@ -57,6 +58,7 @@ TEST(SortedRangesTest, MergedAddAndCutKeepExactlyTheModelsRuns) {
         for (uint64_t i = a; i < b; ++i) model[i] = false;
         set -= before;
       }
+      ASSERT_TRUE(r.Valid()) << "seed " << seed << " step " << step;
       // Overlaps on another random interval.
       const uint64_t c = rng() % (kUnits - 16), d = c + 1 + rng() % 16;
       bool any = false;
@@ -103,6 +105,71 @@ TEST(SortedRangesTest, UnmergedInsertFindAndErase) {
   EXPECT_FALSE(r.Overlaps(0, ~uint64_t{0}));
   ASSERT_TRUE(r.InsertIfFree(7, 8));
   EXPECT_TRUE(r.Overlaps(0, 100));
+}
+
+TEST(SortedRangesTest, CutOfUnmergedRangesAgainstAList) {
+  // Ranges that touch stay apart (VFIO mappings); Cut removes those
+  // inside, shortens or splits those crossing an edge, and counts each,
+  // against a plain list cut the obvious way.
+  for (unsigned seed = 1; seed <= 4; ++seed) {
+    std::mt19937_64 rng(seed);
+    SortedRanges r;
+    std::vector<SortedRanges::Range> model;
+    for (int step = 0; step < 4000; ++step) {
+      const uint64_t len = 1 + rng() % (step % 5 == 0 ? 300 : 6);
+      const uint64_t a = rng() % (20000 - len), b = a + len;
+      if (rng() % 3 != 0) {
+        bool free = true;
+        for (const auto& m : model) free = free && (m.end <= a || m.begin >= b);
+        ASSERT_EQ(r.InsertIfFree(a, b), free);
+        if (free) {
+          model.push_back({a, b});
+          std::sort(model.begin(), model.end(), [](auto& x, auto& y) { return x.begin < y.begin; });
+        }
+        continue;
+      }
+      SortedRanges::CutCounts want, got;
+      uint64_t bytes = 0;
+      std::vector<SortedRanges::Range> next;
+      for (const auto& m : model) {
+        if (m.end <= a || m.begin >= b) {
+          next.push_back(m);
+          continue;
+        }
+        bytes += std::min(m.end, b) - std::max(m.begin, a);
+        if (m.begin >= a && m.end <= b) {
+          ++want.removed;
+          continue;
+        }
+        ++want.cut;
+        if (m.begin < a) {
+          next.push_back({m.begin, a});
+          ++want.pieces;
+        }
+        if (m.end > b) {
+          next.push_back({b, m.end});
+          ++want.pieces;
+        }
+      }
+      model = next;
+      ASSERT_EQ(r.Cut(a, b, &got), bytes) << "seed " << seed << " step " << step;
+      ASSERT_EQ(got.removed, want.removed);
+      ASSERT_EQ(got.cut, want.cut);
+      ASSERT_EQ(got.pieces, want.pieces);
+      ASSERT_TRUE(r.Valid()) << "seed " << seed << " step " << step;
+      if (step % 50 == 0) {
+        ASSERT_TRUE(Same(r.All(), model)) << "seed " << seed << " step " << step;
+      }
+    }
+    ASSERT_TRUE(Same(r.All(), model));
+    EXPECT_GT(model.size(), 100u);
+    // One cut over everything empties the table, which works again after.
+    ASSERT_GT(r.Cut(0, 20000), 0u);
+    EXPECT_EQ(r.size(), 0u);
+    EXPECT_TRUE(r.All().empty());
+    ASSERT_TRUE(r.InsertIfFree(5, 6));
+    EXPECT_EQ(r.size(), 1u);
+  }
 }
 
 TEST(KvmAttributeSimTest, PrivateBytesAndRangesFollowTheCalls) {
