@@ -92,7 +92,6 @@ void RunListenerPath(const ParsedTrace& trace, double* ns_out, std::string* fail
     }
   }
   *ns_out = trace.ops.empty() ? 0 : NsSince(t0) / static_cast<double>(trace.ops.size());
-
   std::vector<uint64_t> mapped(vm.num_blocks(), 0);
   for (const VfioContainer::Mapping& m : host.vfio().LiveMappings()) {
     mapped[static_cast<size_t>(vm.IndexOf(m.block))] += m.length;

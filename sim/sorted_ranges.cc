@@ -57,12 +57,8 @@ bool SortedRanges::Overlaps(uint64_t a, uint64_t b) const {
 SortedRanges::Pos SortedRanges::Locate(uint64_t a) const {
   const size_t li = LeafFor(a);
   const std::vector<Range>& leaf = leaves_[li];
-  const Range* r = leaf.data();
-  // A leaf is a few cache lines far from the last search: fetch them all
-  // at once, so that the search below waits for one miss, not one a probe.
-  const char* bytes = reinterpret_cast<const char*>(r);
-  for (size_t off = 0; off < leaf.size() * sizeof(Range); off += 64) __builtin_prefetch(bytes + off);
   if (leaf.empty() || leaf[0].begin > a) return {li, 0, false};
+  const Range* r = leaf.data();
   return {li, LastAtOrBefore(leaf.size(), a, [r](size_t i) { return r[i].begin; }), true};
 }
 

@@ -76,7 +76,7 @@ Status BlockTracker::Convert(uint64_t offset, uint64_t size, PageState state) {
       // Only the part inside the section matters: the listener never sees
       // the rest, and the section itself is aligned to the granularity.
       const uint64_t a = std::max(offset, r.offset), b = std::min(end, r.offset + r.size);
-      if (a % r.granularity != 0 || b % r.granularity != 0) {
+      if (((a | b) & (r.granularity - 1)) != 0) {  // a power of two (RegisterListener)
         return Status::InvalidArgument("conversion [" + Hex(offset) + ", " + Hex(end) + ") of block '" + name_ +
                                        "' is not aligned, in [" + Hex(a) + ", " + Hex(b) + "), to the " +
                                        Hex(r.granularity) + " granularity of listener '" + r.listener->name() + "'");
@@ -113,9 +113,9 @@ Status BlockTracker::Convert(uint64_t offset, uint64_t size, PageState state) {
   uint64_t total = 0;
   for (int k = 0; k < kNumPageStates; ++k) {
     pages_in_[k] -= moved[k];
-    pages_in_[static_cast<int>(state)] += moved[k];
     total += moved[k];
   }
+  pages_in_[static_cast<int>(state)] += total;
   // Then the notifications that cannot fail.
   for (size_t i = 0; i < listeners_.size(); ++i) {
     StateListener* l = listeners_[i].listener;
