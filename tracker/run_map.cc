@@ -350,7 +350,7 @@ void RunMap::SetPage(uint64_t page, PageState s, StateCounts* changed) {
   }
 }
 
-void RunMap::Assign(uint64_t begin, uint64_t end, PageState s, StateCounts* changed) {
+void RunMap::AssignAny(uint64_t begin, uint64_t end, PageState s, StateCounts* changed) {
   if (begin >= end || end > pages_) return;
   if (end == begin + 1) return SetPage(begin, s, changed);
   const uint64_t c0 = begin >> shift_, c1 = (end - 1) >> shift_;

@@ -76,7 +76,25 @@ class RunMap {
   // Sets pages [begin, end) to `state`. Requires begin < end <= pages().
   // If `changed` is not null, adds to it the number of pages that had each
   // old state and now differ (changed[state] is left alone).
-  void Assign(uint64_t begin, uint64_t end, PageState state, StateCounts* changed = nullptr);
+  void Assign(uint64_t begin, uint64_t end, PageState state, StateCounts* changed = nullptr) {
+    // The hot path of fragmented maps, inline: one page of a dense chunk
+    // that is not due for its recount.
+    if (end == begin + 1 && flat_ && begin < pages_) {
+      Entry& e = dir_[begin >> shift_];
+      if (e.kind == kDense && e.count > 1) {
+        uint64_t& word = static_cast<uint64_t*>(e.data)[(begin & (chunk_pages() - 1)) >> 5];
+        const unsigned sh = static_cast<unsigned>(begin & 31) * 2, sv = static_cast<unsigned>(state);
+        if (changed != nullptr) {
+          const unsigned old = static_cast<unsigned>(word >> sh) & 3;
+          (*changed)[old] += old != sv;
+        }
+        word = (word & ~(uint64_t{3} << sh)) | (uint64_t{sv} << sh);
+        --e.count;
+        return;
+      }
+    }
+    AssignAny(begin, end, state, changed);
+  }
 
   // Calls fn(const Run&) for each maximal run that intersects [begin, end),
   // clipped to it, in ascending order. fn returns false to stop early.
@@ -197,6 +215,7 @@ class RunMap {
   // small conversions, or after any large one.
   static constexpr uint32_t kDenseRecheck = 1024;
 
+  void AssignAny(uint64_t begin, uint64_t end, PageState s, StateCounts* changed);
   Pos FindEntry(uint64_t chunk) const;
   Pos SplitAt(uint64_t chunk);  // ensures an entry starts at chunk; returns where it is
   void AssignInChunk(uint64_t chunk, uint32_t a, uint32_t b, PageState s, StateCounts* changed);

@@ -211,6 +211,18 @@ TEST(RunMapTest, FragmentedChunkTurnsDenseAndBack) {
   for (uint64_t p = 0; p < 4000; p += 2) map.Assign(20000 + p, 20000 + p + 1, PageState::kPrivate);
   for (int i = 0; i < 1100; ++i) map.Assign(30000, 30001, PageState::kPrivate);
   EXPECT_EQ(map.GetShape().dense, 0u);
+  // The same where every chunk has an entry of its own (a flat directory,
+  // where single pages of dense chunks take the inline path): the recount
+  // still comes within kDenseRecheck single-page conversions.
+  RunMap wide(16 << 16, PageState::kPrivate, RunMap::kDefaultChunkShift);
+  for (uint64_t c = 0; c < 16; ++c) wide.Assign((c << 16) + 5, (c << 16) + 6, PageState::kShared);
+  ASSERT_EQ(wide.GetShape().entries, 16u);
+  for (uint64_t p = 0; p < 4000; p += 2) wide.Assign(p, p + 1, PageState::kShared);
+  ASSERT_EQ(wide.GetShape().dense, 1u);
+  for (uint64_t p = 0; p < 4000; p += 2) wide.Assign(p, p + 1, PageState::kPrivate);
+  for (int i = 0; i < 1100; ++i) wide.Assign(30000, 30001, PageState::kPrivate);
+  EXPECT_EQ(wide.GetShape().dense, 0u);
+  EXPECT_EQ(wide.CountRuns(), 33u);  // page 5 of each chunk shared
 }
 
 TEST(RunMapTest, CompactDenseGivesBackWhatThinnedChunksHold) {
