@@ -82,7 +82,6 @@ class SortedRanges {
   // Position of that range; leaf == leaves_.size() if there is none.
   Pos NextPos(Pos p) const;
   Range& At(Pos p) { return leaves_[p.leaf][p.slot]; }
-  bool IsEnd(Pos p) const { return p.leaf >= leaves_.size(); }
   // Removes n consecutive ranges, the first at p (in place, leaf by leaf).
   void EraseSpan(Pos p, size_t n);
   void InsertAt(size_t leaf, size_t slot, Range r);

@@ -21,15 +21,6 @@ inline uint64_t GroupMask(unsigned from, unsigned to) {
   return hi & ~lo;
 }
 
-inline unsigned DenseGet(const uint64_t* w, uint64_t p) {
-  return static_cast<unsigned>((w[p >> 5] >> ((p & 31) * 2)) & 3);
-}
-
-inline void DenseSet(uint64_t* w, uint64_t p, unsigned s) {
-  const unsigned sh = (p & 31) * 2;
-  w[p >> 5] = (w[p >> 5] & ~(uint64_t{3} << sh)) | (uint64_t{s} << sh);
-}
-
 // Adds the pages of [a, b) by state into counts.
 void DenseCountStates(const uint64_t* w, uint64_t a, uint64_t b, StateCounts* counts) {
   while (a < b) {
@@ -325,34 +316,8 @@ PageState RunMap::Get(uint64_t page) const {
   }
 }
 
-void RunMap::SetPage(uint64_t page, PageState s, StateCounts* changed) {
-  // The hot path of fragmented maps: one page of a dense chunk.
-  const uint64_t chunk = page >> shift_;
-  const uint32_t local = static_cast<uint32_t>(page - ChunkBegin(chunk));
-  if (flat_) {
-    Entry& e = dir_[chunk];
-    if (e.kind == kDense) {
-      uint64_t* w = static_cast<uint64_t*>(e.data);
-      const unsigned sv = static_cast<unsigned>(s);
-      if (changed) {
-        const unsigned old = DenseGet(w, local);
-        (*changed)[old] += old != sv;
-      }
-      DenseSet(w, local, sv);
-      if (--e.count == 0) [[unlikely]] RecheckDense(e, static_cast<uint32_t>(ChunkLen(chunk)));
-      return;
-    }
-  }
-  if (ChunkLen(chunk) == 1) {
-    AssignWholeChunks(chunk, chunk + 1, s, changed);
-  } else {
-    AssignInChunk(chunk, local, local + 1, s, changed);
-  }
-}
-
 void RunMap::AssignAny(uint64_t begin, uint64_t end, PageState s, StateCounts* changed) {
   if (begin >= end || end > pages_) return;
-  if (end == begin + 1) return SetPage(begin, s, changed);
   const uint64_t c0 = begin >> shift_, c1 = (end - 1) >> shift_;
   const uint32_t a = static_cast<uint32_t>(begin - ChunkBegin(c0));
   if (c0 == c1) {

@@ -78,17 +78,19 @@ class RunMap {
   // old state and now differ (changed[state] is left alone).
   void Assign(uint64_t begin, uint64_t end, PageState state, StateCounts* changed = nullptr) {
     // The hot path of fragmented maps, inline: one page of a dense chunk
-    // that is not due for its recount.
+    // that is not due for its recount (everything else, the recount
+    // included, goes through AssignAny).
     if (end == begin + 1 && flat_ && begin < pages_) {
       Entry& e = dir_[begin >> shift_];
       if (e.kind == kDense && e.count > 1) {
-        uint64_t& word = static_cast<uint64_t*>(e.data)[(begin & (chunk_pages() - 1)) >> 5];
-        const unsigned sh = static_cast<unsigned>(begin & 31) * 2, sv = static_cast<unsigned>(state);
+        uint64_t* w = static_cast<uint64_t*>(e.data);
+        const uint64_t local = begin & (chunk_pages() - 1);
+        const unsigned sv = static_cast<unsigned>(state);
         if (changed != nullptr) {
-          const unsigned old = static_cast<unsigned>(word >> sh) & 3;
+          const unsigned old = DenseGet(w, local);
           (*changed)[old] += old != sv;
         }
-        word = (word & ~(uint64_t{3} << sh)) | (uint64_t{sv} << sh);
+        DenseSet(w, local, sv);
         --e.count;
         return;
       }
@@ -210,6 +212,14 @@ class RunMap {
     return static_cast<uint32_t>(even < 2 ? 2 : (even > kListMaxRunsCap ? kListMaxRunsCap : even));
   }
   size_t DenseWords(uint64_t len) const { return (len + 31) / 32; }
+  // A dense chunk holds 2 bits a page, 32 pages a word.
+  static unsigned DenseGet(const uint64_t* w, uint64_t p) {
+    return static_cast<unsigned>((w[p >> 5] >> ((p & 31) * 2)) & 3);
+  }
+  static void DenseSet(uint64_t* w, uint64_t p, unsigned s) {
+    const unsigned sh = static_cast<unsigned>(p & 31) * 2;
+    w[p >> 5] = (w[p >> 5] & ~(uint64_t{3} << sh)) | (uint64_t{s} << sh);
+  }
   // Dense chunks do not count their runs on every conversion (that would
   // triple the cost of a single-page one); they recount after this many
   // small conversions, or after any large one.
@@ -231,7 +241,6 @@ class RunMap {
   void ReserveList(Entry& e, uint32_t need);
   void FreeEntry(Entry& e);
   void AddEntryStates(const Entry& e, uint64_t len, StateCounts* counts) const;
-  void SetPage(uint64_t page, PageState s, StateCounts* changed);
   // Sparse only: inserts e before position at (at.idx may be one past its
   // segment's last entry) and returns where it went.
   Pos InsertEntry(Pos at, uint64_t first_chunk, const Entry& e);
