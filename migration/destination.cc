@@ -163,7 +163,13 @@ Status MigrationDestination::ApplySections(const fbs::Sections& sec, uint64_t se
     uint64_t at = begin;
     for (const ChunkRun& r : runs) {
       s = b.Convert(at << b.page_shift(), r.pages << b.page_shift(), r.state);
-      if (!s.ok()) return Status::Corruption(where + s.message());
+      if (!s.ok()) {
+        // The range is checked above, so only a listener registered by
+        // on_round_end refuses (its code kept); anything else is the
+        // stream's fault.
+        return s.code() == Status::Code::kRefused ? s.WithPrefix(swhere + ": ")
+                                                   : Status::Corruption(where + s.message());
+      }
       at += r.pages;
     }
     // Once read whole, the summary follows each section.
@@ -197,11 +203,21 @@ Status MigrationDestination::ApplySections(const fbs::Sections& sec, uint64_t se
 }
 
 Result<VmState> MigrationDestination::Receive(ByteSource* in, std::string* vm_id) {
+  if (state_) return Status::InvalidArgument("a destination receives one stream");
+  Status s = ReceiveState(in, vm_id);
+  if (!s.ok()) return s;
+  VmState vm = std::move(*state_);
+  state_.reset();
+  return vm;
+}
+
+Status MigrationDestination::ReceiveState(ByteSource* in, std::string* vm_id) {
   Status s = ReadChallengeAnswer(in);
   if (!s.ok()) return s;
   auto hello = ReadHello(in, vm_id);
   if (!hello.ok()) return hello.status();
-  VmState vm = std::move(hello).value();
+  state_.emplace(std::move(hello).value());
+  VmState& vm = *state_;
   // Rounds, then the end.
   for (uint64_t seq = 2;; ++seq) {
     const uint64_t bytes_before = bytes_;
@@ -224,6 +240,7 @@ Result<VmState> MigrationDestination::Receive(ByteSource* in, std::string* vm_id
           return Status::Corruption(Where(seq, "round end") + "does not match the round received");
         }
         if (round_.index >= 10000) return Status::Refused(Where(seq, "round end") + "too many rounds");
+        const uint32_t ended = round_.index;
         if (summaries_.empty()) {
           summaries_.resize(vm.num_blocks());
           for (size_t i = 0; i < vm.num_blocks(); ++i) summaries_[i].Rebuild(vm.block(i));
@@ -233,6 +250,10 @@ Result<VmState> MigrationDestination::Receive(ByteSource* in, std::string* vm_id
         round_.stats.runs = round_.runs;
         rounds_.push_back(round_.stats);
         round_ = Round{round_.index + 1, 0, 0, round_.runs_total, false, RoundStats{}};
+        if (opt_.on_round_end) {
+          s = opt_.on_round_end(&vm, ended);
+          if (!s.ok()) return s;
+        }
         break;
       }
       case fbs::Body::End: {
@@ -259,7 +280,7 @@ Result<VmState> MigrationDestination::Receive(ByteSource* in, std::string* vm_id
           return Status::Corruption(Where(seq, "end") +
                                     "state digest mismatch: the rebuilt state differs from the source's");
         }
-        return vm;
+        return Status::OK();
       }
       default:
         return Status::Corruption("frame " + std::to_string(seq) + ": unexpected frame type");

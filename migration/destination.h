@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -65,6 +66,16 @@ class MigrationDestination {
     // Inspection only (dump --stream): read authenticated streams without
     // the key, checking integrity but not authenticity.
     bool ignore_macs = false;
+    // Called when a round has arrived whole (round 0 is the bulk of the
+    // state; later rounds carry what changed since), with the round's
+    // index and the state as it stands, before any later frame is read.
+    // Later sections change the state through BlockTracker::Convert, so
+    // listeners registered at round 0 are told every change: the bulk is
+    // replayed to them while the source's guest still runs, not in its
+    // downtime (and its records can be staged then). A non-OK status ends
+    // the receive with it. A listener that refuses a later change ends it
+    // too (its code kept, the frame named).
+    std::function<Status(VmState*, uint32_t round)> on_round_end;
   };
   explicit MigrationDestination(Options options);
 
@@ -72,6 +83,11 @@ class MigrationDestination {
   // returns the rebuilt state, whose digest equals the source's. *vm_id gets
   // the stream's VM id. Any fault ends it with an error naming it.
   Result<VmState> Receive(ByteSource* in, std::string* vm_id);
+
+  // After Receive failed: the state as far as it was built (null if the
+  // hello was not read), kept so that listeners registered on it by
+  // on_round_end can be unregistered before it goes, with this object.
+  VmState* partial_state() { return state_ ? &*state_ : nullptr; }
 
   // Over a network, before Receive: sends the challenge the source must
   // answer (a fresh nonce; put it in Options::expected_nonce).
@@ -91,6 +107,8 @@ class MigrationDestination {
   std::chrono::steady_clock::time_point end_received() const { return end_received_; }
 
  private:
+  // Receive's work: builds the state in state_.
+  [[nodiscard]] Status ReceiveState(ByteSource* in, std::string* vm_id);
   // The steps of Receive, in stream order.
   [[nodiscard]] Status ReadChallengeAnswer(ByteSource* in);
   Result<VmState> ReadHello(ByteSource* in, std::string* vm_id);
@@ -107,6 +125,7 @@ class MigrationDestination {
   // piece per 512 MiB chunk of the (capped) guest.
   std::vector<ChunkSummary> summaries_;
   std::vector<RoundStats> rounds_;
+  std::optional<VmState> state_;  // being built; moved out when Receive succeeds
   // The round being received.
   struct Round {
     uint32_t index = 0;

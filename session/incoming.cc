@@ -8,7 +8,14 @@ namespace cvmstate {
 IncomingMigration::IncomingMigration(CheckpointStore* store, IncomingOptions options)
     : store_(store), opt_(std::move(options)) {}
 
-IncomingMigration::~IncomingMigration() = default;
+IncomingMigration::~IncomingMigration() {
+  // Abort was not called after a failure: the staged records go, and so
+  // does the reservation. The checkpointer first, while its state lives.
+  const bool staged = staged_.has_value();
+  staged_.reset();
+  if (staged && !committed_ && !aborted_) (void)store_->DeleteVm(target_);
+  if (reserved_) store_->ReleaseId(target_);
+}
 
 namespace {
 
@@ -18,16 +25,38 @@ double MsSince(std::chrono::steady_clock::time_point t0) {
 
 }  // namespace
 
-Status IncomingMigration::Receive(ByteSource* in) {
+Status IncomingMigration::EndOfRound(VmState* vm, uint32_t round, const DestinationListeners* listeners) {
+  if (round == 0 && listeners != nullptr) {
+    const Clock::time_point t0 = Clock::now();
+    Status s = RegisterListeners(vm, *listeners);
+    report_.early_replay_ms = MsSince(t0);
+    if (!s.ok()) return s;
+  }
+  if (store_ == nullptr) return Status::OK();
+  // Each round's records are written as it ends, so the commit in the
+  // downtime writes only the last round's.
+  const Clock::time_point t0 = Clock::now();
+  if (!staged_) staged_.emplace(store_, target_);
+  auto c = staged_->StageState(*vm);
+  report_.last_stage_ms = MsSince(t0);
+  report_.stage_ms += report_.last_stage_ms;
+  if (!c.ok()) return c.status();
+  report_.staged_bytes += c.value().bytes;
+  return Status::OK();
+}
+
+Status IncomingMigration::Receive(ByteSource* in, const DestinationListeners* listeners) {
   if (dest_) return Status::InvalidArgument("this incoming migration has already received a stream");
   MigrationDestination::Options o = opt_.stream;
+  listeners_in_receive_ = listeners != nullptr;
+  o.on_round_end = [this, listeners](VmState* vm, uint32_t round) { return EndOfRound(vm, round, listeners); };
   o.accept_vm = [this](const std::string& id) -> Status {
+    target_ = opt_.commit_as.empty() ? id : opt_.commit_as;
     if (store_ == nullptr) return Status::OK();
-    const std::string target = opt_.commit_as.empty() ? id : opt_.commit_as;
-    auto has = store_->HasVm(target);
-    if (!has.ok()) return has.status();
-    if (has.value()) return Status::AlreadyExists("VM " + Quoted(target) + " already exists in the store");
-    return Status::OK();
+    // Held until the commit or the abort: no one else writes this id.
+    Status s = store_->ReserveNewId(target_);
+    reserved_ = s.ok();
+    return s;
   };
   if (opt_.reply != nullptr) {  // a fresh nonce the source must answer: no replays
     auto nonce = MigrationSource::NewNonce();
@@ -40,39 +69,55 @@ Status IncomingMigration::Receive(ByteSource* in) {
   auto vm = dest_->Receive(in, &report_.vm_id);
   report_.stream_bytes = dest_->total_bytes();
   if (!vm.ok()) return vm.status();
+  // Kept before anything else can fail: listeners and the staging
+  // checkpointer hold on to its blocks until Abort.
+  vm_.emplace(std::move(vm).value());
   if (opt_.reply == nullptr) {
     char extra;
     if (in->Read(&extra, 1).ok()) return Status::Corruption("trailing bytes after the end frame");
   }
-  vm_.emplace(std::move(vm).value());
   received_ = true;
   report_.rounds = dest_->rounds();
-  report_.committed_as = opt_.commit_as.empty() ? report_.vm_id : opt_.commit_as;
+  report_.committed_as = target_;
   report_.verify_ms = MsSince(dest_->end_received());
   return Status::OK();
 }
 
 Status IncomingMigration::Commit() {
-  if (!vm_ || committed_ || store_ == nullptr) {
+  if (!received_ || !vm_ || committed_ || store_ == nullptr) {
     return Status::InvalidArgument("commit needs a store and a received, uncommitted state");
   }
   const Clock::time_point t0 = Clock::now();
-  // The destination's summaries describe the state it returned: the
-  // commit need not read every run again (the records it writes do).
-  auto bytes = store_->CommitNew(report_.committed_as, *vm_, state_handed_out_ ? nullptr : &dest_->summaries());
+  // The rounds are staged: what changed since the last one (the journal
+  // says, even if the state was handed out since) and the manifest, in
+  // one synced batch.
+  if (!staged_) return Status::InvalidArgument("commit needs the rounds staged by Receive");
+  auto c = staged_->CommitState(*vm_);
   report_.commit_ms = MsSince(t0);
-  if (!bytes.ok()) return bytes.status();
-  report_.commit_bytes = bytes.value();
+  if (!c.ok()) return c.status();
+  report_.commit_bytes = c.value().bytes;
   committed_ = true;
+  // The manifest guards the id now; the checkpointer goes while its state
+  // is still here.
+  staged_.reset();
+  store_->ReleaseId(target_);
+  reserved_ = false;
   return Status::OK();
 }
 
 Status IncomingMigration::Replay(const DestinationListeners& listeners) {
   if (!committed_) return Status::InvalidArgument("listeners are replayed after the commit");
+  if (listeners_in_receive_) return Status::InvalidArgument("the listeners were registered during Receive");
   const Clock::time_point t0 = Clock::now();
+  Status s = RegisterListeners(&*vm_, listeners);
+  report_.replay_ms = MsSince(t0);
+  return s;
+}
+
+Status IncomingMigration::RegisterListeners(VmState* vm, const DestinationListeners& listeners) {
   Status s;
-  for (size_t i = 0; s.ok() && i < vm_->num_blocks(); ++i) {
-    BlockTracker& b = vm_->block(i);
+  for (size_t i = 0; s.ok() && i < vm->num_blocks(); ++i) {
+    BlockTracker& b = vm->block(i);
     for (StateListener* l : listeners(b)) {
       s = b.RegisterListener(l, 0, b.size());
       if (!s.ok()) break;
@@ -86,7 +131,6 @@ Status IncomingMigration::Replay(const DestinationListeners& listeners) {
       }
     }
   }
-  report_.replay_ms = MsSince(t0);
   return s;
 }
 
@@ -105,13 +149,21 @@ Status IncomingMigration::Acknowledge() {
 }
 
 Status IncomingMigration::Abort(const Status& why) {
+  // The blocks are alive: in vm_, or, after a failed Receive, in the
+  // destination's partial state.
   for (auto it = registered_.rbegin(); it != registered_.rend(); ++it) (void)it->first->UnregisterListener(it->second);
   registered_.clear();
-  if (committed_) {
-    // The source will not commit: neither do we.
-    (void)store_->DeleteVm(report_.committed_as);
+  const bool staged = staged_.has_value();
+  staged_.reset();
+  if (committed_ || staged) {
+    // The source will not commit: neither do we. The id is ours (reserved
+    // or committed here), so its records are ours to remove.
+    (void)store_->DeleteVm(target_);
     committed_ = false;
   }
+  if (reserved_) store_->ReleaseId(target_);
+  reserved_ = false;
+  aborted_ = true;
   if (opt_.reply != nullptr && dest_ && !acknowledged_ && dest_->SendAck(opt_.reply, false, why.message()).ok() &&
       opt_.drain) {
     opt_.drain();
@@ -126,9 +178,8 @@ std::optional<VmState> IncomingMigration::TakeState() {
 }
 
 Result<VmState> IncomingMigration::Run(ByteSource* in, const DestinationListeners& listeners) {
-  Status s = Receive(in);
+  Status s = Receive(in, &listeners);
   if (s.ok()) s = Commit();
-  if (s.ok()) s = Replay(listeners);
   if (s.ok()) s = Acknowledge();
   if (!s.ok()) return Abort(s);
   return std::move(*TakeState());

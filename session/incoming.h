@@ -3,11 +3,21 @@
 //   1. Receive: answer nothing until the source answers our challenge, then
 //      read and verify the whole stream (MigrationDestination);
 //   2. Commit: store the state under its VM id in one synced batch
-//      (AlreadyExists if the id is taken: a migration never overwrites);
+//      (AlreadyExists if the id is taken: a migration never overwrites; the
+//      id is reserved from the hello on). Receive has staged each round's
+//      records as it ended (VmCheckpointer::StageState), so the commit
+//      writes the last round's changes and the manifest, not the state;
 //   3. Replay: register the destination's listeners on every block, which
 //      replays the shared runs to DMA-mapping listeners and the private runs
 //      to memory-attribute listeners;
 //   4. Acknowledge: tell the source "ready"; only then may it commit.
+// Run() registers the listeners in step 1 instead, as soon as the first
+// round (the bulk of the state) has arrived: replaying it costs O(runs)
+// (a mapping per shared run), and done then it overlaps the pre-copy
+// rounds, while the source's guest still runs; later rounds reach the
+// listeners as conversions. The guest's downtime then holds the checks,
+// the commit of the last round and the acknowledgement: what changed, not
+// the state.
 // If a step fails, Run() takes back what the earlier ones did (listeners
 // unregistered, the commit deleted), tells the source why over a live
 // channel, and returns the error; the store is as it was. The steps are
@@ -29,6 +39,7 @@
 #include "migration/destination.h"
 #include "migration/round_stats.h"
 #include "store/checkpoint_store.h"
+#include "store/vm_checkpointer.h"
 #include "tracker/listener.h"
 #include "tracker/status.h"
 #include "tracker/vm_state.h"
@@ -57,8 +68,9 @@ struct IncomingOptions {
 // successful Run(): the caller unregisters them before it destroys them.
 using DestinationListeners = std::function<std::vector<StateListener*>(const BlockTracker& block)>;
 
-// What the sequence did, for reports. Times are milliseconds from the end
-// frame's arrival (the start of the guest's downtime).
+// What the sequence did, for reports. Times are milliseconds; the
+// downtime's parts are the last round's staging (the stop-and-copy round:
+// the source's guest is paused by then) and what follows the end frame.
 struct IncomingReport {
   std::string vm_id;         // as the stream named it
   std::string committed_as;  // the id in the store
@@ -68,9 +80,17 @@ struct IncomingReport {
   uint64_t dma_listeners = 0, attribute_listeners = 0, other_listeners = 0;
   double verify_ms = 0;  // end frame -> verified (digest, trailing bytes)
   double commit_ms = 0;  // the synced commit
-  double replay_ms = 0;  // listener registration and replay
+  double replay_ms = 0;  // listener registration and replay in step 3
   double ack_ms = 0;     // sending the acknowledgement
-  double downtime_ms() const { return verify_ms + commit_ms + replay_ms + ack_ms; }
+  double last_stage_ms = 0;  // staging the last round's records, before the end frame
+  double downtime_ms() const { return last_stage_ms + verify_ms + commit_ms + replay_ms + ack_ms; }
+  // Listener registration and replay at the first round's end (Run(), or
+  // Receive given listeners): before the end frame, outside the downtime.
+  double early_replay_ms = 0;
+  // Staging each round's records as it ended, all rounds (before the end
+  // frame; the last one's is last_stage_ms too).
+  double stage_ms = 0;
+  uint64_t staged_bytes = 0;
 };
 
 class IncomingMigration {
@@ -82,7 +102,10 @@ class IncomingMigration {
   ~IncomingMigration();
 
   // Steps 1 to 4; each requires the previous one to have succeeded.
-  [[nodiscard]] Status Receive(ByteSource* in);
+  // Given listeners (not null; it must outlive the call), Receive registers
+  // them once the first round has arrived and Replay is then refused; if
+  // Receive then fails, call Abort to withdraw them (Run does).
+  [[nodiscard]] Status Receive(ByteSource* in, const DestinationListeners* listeners = nullptr);
   [[nodiscard]] Status Commit();
   [[nodiscard]] Status Replay(const DestinationListeners& listeners);
   [[nodiscard]] Status Acknowledge();
@@ -91,17 +114,15 @@ class IncomingMigration {
   // channel and drains it; returns why.
   Status Abort(const Status& why);
 
-  // The four steps, or Abort on the first failure. On success the returned
-  // state carries the registered listeners.
+  // The four steps, the listeners registered during Receive, or Abort on
+  // the first failure. On success the returned state carries the
+  // registered listeners.
   Result<VmState> Run(ByteSource* in, const DestinationListeners& listeners);
 
   // The received state (after Receive), and what happened so far. A
-  // state handed out before Commit may have changed: Commit then reads it
-  // whole instead of using what Receive learnt of it.
-  VmState* vm() {
-    if (!committed_) state_handed_out_ = true;
-    return vm_ ? &*vm_ : nullptr;
-  }
+  // state changed before Commit is committed as it is then (the change
+  // journal tells the commit which chunks changed since the last stage).
+  VmState* vm() { return vm_ ? &*vm_ : nullptr; }
   // Moves the received state out (Commit and Replay are then impossible).
   std::optional<VmState> TakeState();
   const IncomingReport& report() const { return report_; }
@@ -109,16 +130,28 @@ class IncomingMigration {
  private:
   using Clock = std::chrono::steady_clock;
 
+  // Registers listeners(block) on the whole of every block of vm.
+  [[nodiscard]] Status RegisterListeners(VmState* vm, const DestinationListeners& listeners);
+  // At the end of each round: registers the listeners (round 0, if
+  // given), stages the round's records (with a store).
+  [[nodiscard]] Status EndOfRound(VmState* vm, uint32_t round, const DestinationListeners* listeners);
+
   CheckpointStore* store_;
   IncomingOptions opt_;
   std::optional<MigrationDestination> dest_;  // made in Receive, once the nonce is drawn
   std::optional<VmState> vm_;
   bool received_ = false;
   bool committed_ = false;
-  bool state_handed_out_ = false;
   bool acknowledged_ = false;
+  bool listeners_in_receive_ = false;
+  bool reserved_ = false;  // target_ is reserved in the store
+  bool aborted_ = false;
+  std::string target_;     // the id to commit under, from the hello on
   std::vector<std::pair<BlockTracker*, StateListener*>> registered_;
   IncomingReport report_;
+  // Declared last, destroyed first: it reads the journal of the state in
+  // vm_ or dest_.
+  std::optional<VmCheckpointer> staged_;
 };
 
 }  // namespace cvmstate

@@ -124,6 +124,15 @@ Status CheckpointStore::Write(rocksdb::WriteBatch* batch) {
   return Status::OK();
 }
 
+Status CheckpointStore::WriteUnsynced(rocksdb::WriteBatch* batch) {
+  rocksdb::Status s = db_->Write(rocksdb::WriteOptions(), batch);
+  if (!s.ok()) {
+    (void)db_->Resume();
+    return FromRocks(s, "cannot write the checkpoint's records");
+  }
+  return Status::OK();
+}
+
 uint64_t CheckpointStore::DeleteAllChunks(rocksdb::WriteBatch* batch, const std::string& id) {
   const auto [from, to] = ChunkKeyRange(id);
   batch->DeleteRange(from, to);
@@ -238,10 +247,31 @@ Result<uint64_t> CheckpointStore::CommitFull(const std::string& id, const VmStat
 
 Result<uint64_t> CheckpointStore::CommitNew(const std::string& id, const VmState& vm,
                                             const std::vector<ChunkSummary>* summaries) {
+  {
+    std::lock_guard<std::mutex> lock(reserved_mu_);
+    if (reserved_.count(id) != 0) return Status::AlreadyExists("VM " + Quoted(id) + " is being received into the store");
+  }
   auto has = HasVm(id);
   if (!has.ok()) return has.status();
   if (has.value()) return Status::AlreadyExists("VM " + Quoted(id) + " already exists in the store");
   return CommitFull(id, vm, 1, summaries);
+}
+
+Status CheckpointStore::ReserveNewId(const std::string& id) {
+  Status s = CheckVmId(id);
+  if (!s.ok()) return s;
+  std::lock_guard<std::mutex> lock(reserved_mu_);
+  if (reserved_.count(id) != 0) return Status::AlreadyExists("VM " + Quoted(id) + " is being received into the store");
+  auto has = HasVm(id);
+  if (!has.ok()) return has.status();
+  if (has.value()) return Status::AlreadyExists("VM " + Quoted(id) + " already exists in the store");
+  reserved_.insert(id);
+  return Status::OK();
+}
+
+void CheckpointStore::ReleaseId(const std::string& id) {
+  std::lock_guard<std::mutex> lock(reserved_mu_);
+  reserved_.erase(id);
 }
 
 Status CheckpointStore::DeleteVm(const std::string& id) {

@@ -15,6 +15,8 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -76,14 +78,24 @@ class CheckpointStore {
   // is, as a MigrationDestination's) spare a second pass over every run.
   Result<uint64_t> CommitFull(const std::string& id, const VmState& vm, uint64_t sequence,
                               const std::vector<ChunkSummary>* summaries = nullptr);
-  // The same, but AlreadyExists if `id` has a checkpoint (a migration
-  // destination never overwrites a VM).
+  // The same, but AlreadyExists if `id` has a checkpoint or is reserved
+  // (ReserveNewId): a migration destination never overwrites a VM.
   Result<uint64_t> CommitNew(const std::string& id, const VmState& vm,
                              const std::vector<ChunkSummary>* summaries = nullptr);
 
   // Removes every key of `id` in one synced batch (a destination that
   // cannot finish takes its commit back this way).
   [[nodiscard]] Status DeleteVm(const std::string& id);
+
+  // Reserves `id` for a state being prepared in this process (a migration
+  // being received, whose records are staged ahead of its commit):
+  // AlreadyExists if `id` has a checkpoint or is reserved already.
+  // CommitNew refuses a reserved id, so two destinations never write one
+  // id's records at once (RocksDB lets one process write a store, so this
+  // process is the only place they can meet). Thread-safe.
+  [[nodiscard]] Status ReserveNewId(const std::string& id);
+  // Ends a reservation ReserveNewId made.
+  void ReleaseId(const std::string& id);
 
   // The RocksDB database, for tests that damage it on purpose.
   rocksdb::DB* db() const { return db_.get(); }
@@ -117,10 +129,15 @@ class CheckpointStore {
   // Adds a delete of every chunk record of `id`; returns bytes.
   static uint64_t DeleteAllChunks(rocksdb::WriteBatch* batch, const std::string& id);
   [[nodiscard]] Status Write(rocksdb::WriteBatch* batch);
+  // The same without the sync or the commit record: for records no
+  // manifest names yet (VmCheckpointer::StageState).
+  [[nodiscard]] Status WriteUnsynced(rocksdb::WriteBatch* batch);
 
   std::shared_ptr<rocksdb::Logger> log_;  // outlives db_
   std::unique_ptr<rocksdb::DB> db_;
   std::unique_ptr<CommitRecord> record_;
+  std::mutex reserved_mu_;
+  std::set<std::string> reserved_;  // guarded by reserved_mu_
 };
 
 }  // namespace cvmstate

@@ -32,7 +32,11 @@ std::vector<std::pair<uint64_t, uint64_t>> ChangedChunks(const std::vector<PageR
 
 VmCheckpointer::VmCheckpointer(CheckpointStore* store, std::string vm_id) : store_(store), id_(std::move(vm_id)) {}
 
-Result<VmCheckpointer::Commit> VmCheckpointer::CommitState(VmState& vm) {
+Result<VmCheckpointer::Commit> VmCheckpointer::CommitState(VmState& vm) { return Write(vm, true); }
+
+Result<VmCheckpointer::Commit> VmCheckpointer::StageState(VmState& vm) { return Write(vm, false); }
+
+Result<VmCheckpointer::Commit> VmCheckpointer::Write(VmState& vm, bool with_manifest) {
   if (!IsValidVmId(id_)) return Status::InvalidArgument("invalid VM id " + Quoted(id_) + " (" + kVmIdRule + ")");
   const bool first = !journal_.attached();
   if (!first && journal_.vm() != &vm) {
@@ -40,7 +44,7 @@ Result<VmCheckpointer::Commit> VmCheckpointer::CommitState(VmState& vm) {
   }
   rocksdb::WriteBatch batch;
   Commit c;
-  c.sequence = sequence_ + 1;
+  c.sequence = with_manifest ? sequence_ + 1 : 0;
   CheckpointStore::ChunkWrites w;
   // The first checkpoint replaces whatever this id held, in the same batch.
   if (first) w.bytes = CheckpointStore::DeleteAllChunks(&batch, id_);
@@ -58,11 +62,15 @@ Result<VmCheckpointer::Commit> VmCheckpointer::CommitState(VmState& vm) {
       if (!whole) summaries_[i].Update(b, a, z);
     }
   }
-  auto m = store_->PutManifest(&batch, id_, vm, summaries_, &stretches_, c.sequence);
-  if (!m.ok()) return m.status();
-  Status s = store_->Write(&batch);
+  uint64_t manifest_bytes = 0;
+  if (with_manifest) {
+    auto m = store_->PutManifest(&batch, id_, vm, summaries_, &stretches_, c.sequence);
+    if (!m.ok()) return m.status();
+    manifest_bytes = m.value();
+  }
+  Status s = with_manifest ? store_->Write(&batch) : store_->WriteUnsynced(&batch);
   if (!s.ok()) return s;  // nothing changed here: the next commit retries all
-  c.bytes = w.bytes + m.value();
+  c.bytes = w.bytes + manifest_bytes;
   c.records = w.records;
   if (first) {
     journal_.Attach(&vm);
@@ -70,7 +78,7 @@ Result<VmCheckpointer::Commit> VmCheckpointer::CommitState(VmState& vm) {
     journal_.Advance();
   }
   stored_blocks_ = vm.num_blocks();
-  sequence_ = c.sequence;
+  if (with_manifest) sequence_ = c.sequence;
   return c;
 }
 

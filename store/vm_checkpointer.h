@@ -44,7 +44,22 @@ class VmCheckpointer {
   // (InvalidArgument otherwise); blocks may only be added.
   Result<Commit> CommitState(VmState& vm);
 
+  // Writes the chunk records CommitState would, but no manifest, and does
+  // not wait for the disk: the VM stays invisible (HasVm false, Load
+  // NotFound, not in ListVms) and the next CommitState or StageState
+  // writes only the chunks changed since. CommitState's synced write makes
+  // the staged records durable with it (RocksDB syncs its log in order).
+  // What a crash or a failed commit leaves is records no reader sees; the
+  // id's next first commit replaces them, DeleteVm removes them. A
+  // migration destination stages each round as it arrives, so that its
+  // final commit costs the last round's changes, not the state. The caller
+  // must keep others from committing the id meanwhile
+  // (CheckpointStore::ReserveNewId). Commit::sequence is 0.
+  Result<Commit> StageState(VmState& vm);
+
  private:
+  Result<Commit> Write(VmState& vm, bool with_manifest);
+
   CheckpointStore* store_;
   std::string id_;
   JournalReader journal_;  // attached at the first successful commit

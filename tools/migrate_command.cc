@@ -211,10 +211,13 @@ int ReceiveInto(const RecvOptions& o, const std::string& key, CheckpointStore* s
   if (!vm.ok()) return Fail("migration failed: " + vm.status().message());
   const IncomingReport& r = incoming.report();
   for (size_t i = 0; i < r.rounds.size(); ++i) PrintRound("recv", r.rounds[i], i + 1 == r.rounds.size());
-  std::fprintf(stderr, "recv: VM %s committed as '%s' (%" PRIu64 " bytes); %" PRIu64 " DMA mappings, %" PRIu64
-               " private ranges replayed; downtime %.1f ms (verify %.1f, commit %.1f, listeners and ack %.1f)\n",
-               r.vm_id.c_str(), r.committed_as.c_str(), r.commit_bytes, listeners.vfio().stats().mappings,
-               listeners.PrivateRanges(), r.downtime_ms(), r.verify_ms, r.commit_ms, r.replay_ms + r.ack_ms);
+  std::fprintf(stderr, "recv: VM %s committed as '%s' (%" PRIu64 " bytes staged as the rounds ended, %" PRIu64
+               " in the final commit); %" PRIu64 " DMA mappings, %" PRIu64
+               " private ranges (replayed at round 0's end in %.1f ms, then kept up to date); downtime %.1f ms "
+               "(last round staged %.1f, verify %.1f, commit %.1f, listeners and ack %.1f)\n",
+               r.vm_id.c_str(), r.committed_as.c_str(), r.staged_bytes, r.commit_bytes,
+               listeners.vfio().stats().mappings, listeners.PrivateRanges(), r.early_replay_ms, r.downtime_ms(),
+               r.last_stage_ms, r.verify_ms, r.commit_ms, r.replay_ms + r.ack_ms);
   std::fputs("ready\n", stdout);
   if (std::fflush(stdout) != 0) return Fail("cannot write to standard output");
   // Listeners are unregistered before they go away (their mappings stay:

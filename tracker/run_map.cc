@@ -457,7 +457,10 @@ void RunMap::ListAssign(Entry& e, uint32_t len, uint32_t a, uint32_t b, PageStat
   const uint32_t n = e.count;
   const uint8_t sv = static_cast<uint8_t>(s);
   const uint32_t i = ListFind(st, n, a);
-  const uint32_t j = i + ListFind(st + i, n - i, b - 1);
+  // Most conversions end inside the run they start in (a single page
+  // always does): then the second search is not needed.
+  const uint32_t end_i = i + 1 < n ? st[i + 1] : len;
+  const uint32_t j = b <= end_i ? i : i + 1 + ListFind(st + i + 1, n - i - 1, b - 1);
   if (i == j && ss[i] == sv) return;
   const uint32_t end_j = j + 1 < n ? st[j + 1] : len;
 

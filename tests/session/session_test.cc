@@ -5,11 +5,13 @@
 #include "session/outgoing.h"
 
 #include <gtest/gtest.h>
+#include <rocksdb/db.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <cstring>
 #include <random>
+#include <set>
 #include <thread>
 
 #include "codec/state_digest.h"
@@ -236,6 +238,198 @@ TEST_F(SessionTest, RecordedStreamsCommitWholeAndRefuseTrailingBytes) {
   auto copy = dst_store_->Load("copy");
   ASSERT_TRUE(copy.ok());
   EXPECT_EQ(ComputeStateDigest(copy.value()), ComputeStateDigest(vm));
+}
+
+// A DMA listener that keeps the pages it has mapped, page by page, and
+// refuses every populate after its first `accept` (if set).
+class RecordingDma : public DmaMappingListener {
+ public:
+  explicit RecordingDma(uint64_t page_size, uint64_t accept = ~uint64_t{0}) : page_(page_size), accept_(accept) {}
+  Status NotifyPopulate(uint64_t offset, uint64_t size) override {
+    if (populates_ == accept_) return Status::Refused("mapping refused after " + std::to_string(accept_));
+    ++populates_;
+    for (uint64_t p = offset / page_; p < (offset + size) / page_; ++p) EXPECT_TRUE(mapped_.insert(p).second);
+    return Status::OK();
+  }
+  void NotifyDiscard(uint64_t offset, uint64_t size) override {
+    ++discards_;
+    for (uint64_t p = offset / page_; p < (offset + size) / page_; ++p) EXPECT_EQ(mapped_.erase(p), 1u);
+  }
+  const std::set<uint64_t>& mapped() const { return mapped_; }
+  uint64_t populates() const { return populates_; }
+  uint64_t discards() const { return discards_; }
+
+ private:
+  uint64_t page_, accept_, populates_ = 0, discards_ = 0;
+  std::set<uint64_t> mapped_;
+};
+
+std::set<uint64_t> SharedPages(const BlockTracker& b) {
+  std::set<uint64_t> pages;
+  b.map().ForEachRunOf(PageState::kShared, 0, b.size() >> b.page_shift(), [&](uint64_t a, uint64_t e) {
+    for (uint64_t p = a; p < e; ++p) pages.insert(p);
+  });
+  return pages;
+}
+
+// A recorded stream of 4 rounds; the guest converts 50 of the first 200
+// pages of block 0 before each round after the first (pages that change
+// more than once).
+std::string RecordedLiveStream(VmState* vm) {
+  StringSink file;
+  OutgoingOptions o;
+  o.rounds = 3;
+  std::mt19937_64 rng(17);
+  OutgoingReport out;
+  EXPECT_TRUE(RunOutgoingMigration(vm, "g", &file, o,
+                                   [&](int, bool) {
+                                     for (int i = 0; i < 50; ++i) {
+                                       Status s = vm->block(0).Convert((rng() % 200) * 4096, 4096,
+                                                                       static_cast<PageState>(rng() % 3));
+                                       if (!s.ok()) return s;
+                                     }
+                                     return Status::OK();
+                                   },
+                                   &out)
+                  .ok());
+  EXPECT_EQ(out.rounds.size(), 4u);
+  return file.data;
+}
+
+TEST_F(SessionTest, ListenersFollowTheRoundsFromTheFirstRoundsEnd) {
+  VmState vm = Guest(6);
+  const std::string stream = RecordedLiveStream(&vm);
+  std::vector<std::unique_ptr<RecordingDma>> dma;
+  std::vector<std::unique_ptr<KvmAttributeSim>> kvm;
+  auto listeners = [&](const BlockTracker& b) -> std::vector<StateListener*> {
+    dma.push_back(std::make_unique<RecordingDma>(b.page_size()));
+    kvm.push_back(std::make_unique<KvmAttributeSim>());
+    return {dma.back().get(), kvm.back().get()};
+  };
+  StringSource in(stream);
+  IncomingMigration m(dst_store_.get(), IncomingOptions{});
+  auto r = m.Run(&in, listeners);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  ASSERT_EQ(dma.size(), 2u);
+  // Registered before the later rounds: their conversions reached the
+  // listener as changes (a replay at registration only populates), and
+  // nothing was left to replay in the downtime.
+  EXPECT_GT(dma[0]->discards(), 0u);
+  EXPECT_EQ(m.report().replay_ms, 0.0);
+  // What the listeners hold is the final state, page for page.
+  for (size_t i = 0; i < r->num_blocks(); ++i) {
+    EXPECT_EQ(dma[i]->mapped(), SharedPages(r->block(i))) << r->block(i).name();
+    EXPECT_EQ(kvm[i]->private_bytes(), r->block(i).BytesIn(PageState::kPrivate)) << r->block(i).name();
+  }
+  EXPECT_EQ(ComputeStateDigest(r.value()), ComputeStateDigest(vm));
+  // The rounds were staged as they ended: the commit wrote the last
+  // round's changes and the manifest, a small part of the records.
+  EXPECT_GT(m.report().staged_bytes, 0u);
+  EXPECT_GT(m.report().commit_bytes, 0u);
+  EXPECT_LT(m.report().commit_bytes * 4, m.report().staged_bytes);
+  auto stored = dst_store_->Load("g");
+  ASSERT_TRUE(stored.ok()) << stored.status().message();
+  EXPECT_EQ(ComputeStateDigest(stored.value()), ComputeStateDigest(vm));
+  // The step-by-step caller that gave Receive its listeners cannot replay
+  // them again.
+  StringSource again(stream);
+  IncomingOptions o;
+  o.commit_as = "again";
+  IncomingMigration steps(dst_store_.get(), std::move(o));
+  std::vector<std::unique_ptr<RecordingDma>> more;
+  const DestinationListeners others = [&](const BlockTracker& b) -> std::vector<StateListener*> {
+    more.push_back(std::make_unique<RecordingDma>(b.page_size()));
+    return {more.back().get()};
+  };
+  ASSERT_TRUE(steps.Receive(&again, &others).ok());
+  ASSERT_TRUE(steps.Commit().ok());
+  EXPECT_EQ(steps.Replay(others).code(), Status::Code::kInvalidArgument);
+  EXPECT_TRUE(steps.Acknowledge().ok());
+  for (size_t i = 0; i < steps.vm()->num_blocks(); ++i) {
+    EXPECT_EQ(more[i]->mapped(), SharedPages(steps.vm()->block(i)));
+    EXPECT_TRUE(steps.vm()->block(i).UnregisterListener(more[i].get()).ok());
+  }
+  for (size_t i = 0; i < r->num_blocks(); ++i) {
+    EXPECT_TRUE(r->block(i).UnregisterListener(dma[i].get()).ok());
+    EXPECT_TRUE(r->block(i).UnregisterListener(kvm[i].get()).ok());
+  }
+}
+
+TEST_F(SessionTest, AFailureAfterTheFirstRoundWithdrawsTheListeners) {
+  VmState vm = Guest(7);
+  const std::string stream = RecordedLiveStream(&vm);
+  // Cut inside the end frame: the listeners are registered by then.
+  const std::string cut = stream.substr(0, stream.size() - 8);
+  std::vector<std::unique_ptr<RecordingDma>> dma;
+  std::vector<std::unique_ptr<KvmAttributeSim>> kvm;
+  auto listeners = [&](const BlockTracker& b) -> std::vector<StateListener*> {
+    dma.push_back(std::make_unique<RecordingDma>(b.page_size()));
+    kvm.push_back(std::make_unique<KvmAttributeSim>());
+    return {dma.back().get(), kvm.back().get()};
+  };
+  StringSource in(cut);
+  IncomingMigration m(dst_store_.get(), IncomingOptions{});
+  auto r = m.Run(&in, listeners);
+  ASSERT_FALSE(r.ok());
+  ASSERT_EQ(dma.size(), 2u);
+  EXPECT_GT(dma[0]->populates(), 0u);
+  for (size_t i = 0; i < dma.size(); ++i) {
+    EXPECT_TRUE(dma[i]->mapped().empty());
+    EXPECT_EQ(kvm[i]->private_bytes(), 0u);
+  }
+  EXPECT_FALSE(dst_store_->HasVm("g").value());
+  EXPECT_GT(m.report().staged_bytes, 0u);
+  // Nor are the records staged before the failure left behind.
+  std::unique_ptr<rocksdb::Iterator> it(dst_store_->db()->NewIterator(rocksdb::ReadOptions()));
+  it->SeekToFirst();
+  for (; it->Valid(); it->Next()) ADD_FAILURE() << "key left behind: " << it->key().ToString(true);
+}
+
+TEST_F(SessionTest, AnIdBeingReceivedIsNotReceivedTwice) {
+  VmState vm = Guest(9);
+  const std::string stream = RecordedLiveStream(&vm);
+  const auto none = [](const BlockTracker&) { return std::vector<StateListener*>{}; };
+  IncomingMigration first(dst_store_.get(), IncomingOptions{});
+  StringSource in(stream);
+  ASSERT_TRUE(first.Receive(&in).ok());
+  // The first holds "g" (reserved, staged, not committed yet).
+  StringSource again(stream);
+  IncomingMigration second(dst_store_.get(), IncomingOptions{});
+  auto r = second.Run(&again, none);
+  EXPECT_EQ(r.status().code(), Status::Code::kAlreadyExists) << r.status().message();
+  ASSERT_TRUE(first.Commit().ok());
+  ASSERT_TRUE(first.Acknowledge().ok());
+  auto stored = dst_store_->Load("g");
+  ASSERT_TRUE(stored.ok()) << stored.status().message();
+  EXPECT_EQ(ComputeStateDigest(stored.value()), ComputeStateDigest(vm));
+}
+
+TEST_F(SessionTest, AListenerRefusingALaterRoundEndsTheMigration) {
+  VmState vm = Guest(8);
+  // Block 0's listener accepts exactly the replay of the first round's
+  // state, then refuses: the first page a later round shares.
+  uint64_t first_round_runs = 0;
+  vm.block(0).map().ForEachRunOf(PageState::kShared, 0, vm.block(0).size() >> vm.block(0).page_shift(),
+                                 [&](uint64_t, uint64_t) { ++first_round_runs; });
+  const std::string stream = RecordedLiveStream(&vm);
+  std::vector<std::unique_ptr<RecordingDma>> dma;
+  KvmAttributeSim kvm;
+  auto listeners = [&](const BlockTracker& b) -> std::vector<StateListener*> {
+    dma.push_back(std::make_unique<RecordingDma>(b.page_size(), dma.empty() ? first_round_runs : ~uint64_t{0}));
+    if (dma.size() == 1) return {&kvm, dma.back().get()};
+    return {dma.back().get()};
+  };
+  StringSource in(stream);
+  IncomingMigration m(dst_store_.get(), IncomingOptions{});
+  auto r = m.Run(&in, listeners);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Status::Code::kRefused) << r.status().message();
+  EXPECT_NE(r.status().message().find("mapping refused after"), std::string::npos) << r.status().message();
+  EXPECT_NE(r.status().message().find("frame "), std::string::npos) << r.status().message();
+  EXPECT_EQ(dma[0]->populates(), first_round_runs);
+  for (const auto& d : dma) EXPECT_TRUE(d->mapped().empty());
+  EXPECT_EQ(kvm.private_bytes(), 0u);
+  EXPECT_FALSE(dst_store_->HasVm("g").value());
 }
 
 TEST_F(SessionTest, StepsRunOnlyInOrder) {

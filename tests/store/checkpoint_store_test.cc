@@ -159,6 +159,72 @@ TEST(CheckpointStoreTest, IncrementalCheckpointIsSmall) {
   EXPECT_EQ(Listing(loaded.value()), Listing(vm));
 }
 
+// Staged records stay invisible until the commit, which then writes only
+// what changed since; a stage never committed is replaced by the id's next
+// first commit; a reserved id cannot be committed by anyone else.
+TEST(CheckpointStoreTest, StagedRecordsAreInvisibleUntilTheCommitWritesTheRest) {
+  std::string trace;
+  ASSERT_TRUE(tools::GenerateWorkload("steady", uint64_t{64} << 30, 6, 20000, &trace).ok());
+  VmState vm;
+  ApplyTrace(trace, &vm, [] {});
+  const std::string dir = MakeTempDir();
+  auto store = OpenStore(dir);
+  ASSERT_TRUE(store->ReserveNewId("guest").ok());
+  EXPECT_EQ(store->ReserveNewId("guest").code(), Status::Code::kAlreadyExists);
+  EXPECT_EQ(store->CommitNew("guest", vm).status().code(), Status::Code::kAlreadyExists);
+  VmCheckpointer cp(store.get(), "guest");
+  auto staged = cp.StageState(vm);
+  ASSERT_TRUE(staged.ok()) << staged.status().message();
+  EXPECT_GT(staged->records, 0u);
+  EXPECT_EQ(staged->sequence, 0u);
+  EXPECT_FALSE(store->HasVm("guest").value());
+  EXPECT_EQ(store->Load("guest").status().code(), Status::Code::kNotFound);
+  EXPECT_TRUE(store->ListVms().value().empty());
+  // A later round: 100 conversions inside one GiB, staged, then 10 more.
+  std::mt19937_64 rng(4);
+  BlockTracker* b = vm.Find("/objects/mem0");
+  for (int i = 0; i < 110; ++i) {
+    if (i == 100) {
+      ASSERT_TRUE(cp.StageState(vm).ok());
+    }
+    ASSERT_TRUE(b->Convert((uint64_t{5} << 30) + (rng() % 262144) * 4096, 4096, static_cast<PageState>(rng() % 3)).ok());
+  }
+  EXPECT_FALSE(store->HasVm("guest").value());
+  auto commit = cp.CommitState(vm);
+  ASSERT_TRUE(commit.ok()) << commit.status().message();
+  EXPECT_EQ(commit->sequence, 1u);
+  EXPECT_LE(commit->bytes * 20, staged->bytes);
+  store->ReleaseId("guest");
+  CheckpointInfo info;
+  auto loaded = store->Load("guest", &info);
+  ASSERT_TRUE(loaded.ok()) << loaded.status().message();
+  EXPECT_EQ(Listing(loaded.value()), Listing(vm));
+  EXPECT_EQ(info.sequence, 1u);
+  // A stage that is never committed (a crash, here the store closed under
+  // it) leaves nothing a reader sees, and the id's next commit replaces it.
+  {
+    VmState other;
+    ASSERT_TRUE(other.AddBlock("pc.ram", uint64_t{1} << 34, 4096, PageState::kShared).ok());
+    for (int i = 0; i < 2000; ++i) {
+      ASSERT_TRUE(other.block(0).Convert((rng() % (uint64_t{1} << 22)) * 4096, 4096, PageState::kPrivate).ok());
+    }
+    ASSERT_TRUE(store->ReserveNewId("lost").ok());
+    VmCheckpointer lost(store.get(), "lost");
+    ASSERT_TRUE(lost.StageState(other).ok());
+  }
+  store.reset();
+  store = OpenStore(dir);
+  EXPECT_FALSE(store->HasVm("lost").value());
+  EXPECT_EQ(store->ListVms().value(), std::vector<std::string>{"guest"});
+  VmState small;
+  ASSERT_TRUE(small.AddBlock("pc.ram", uint64_t{1} << 34, 4096, PageState::kDiscarded).ok());
+  ASSERT_TRUE(small.block(0).Convert(0, 4096, PageState::kShared).ok());
+  ASSERT_TRUE(store->CommitNew("lost", small).ok());
+  auto back = store->Load("lost");
+  ASSERT_TRUE(back.ok()) << back.status().message();
+  EXPECT_EQ(Listing(back.value()), Listing(small));
+}
+
 // Flips bytes of stored values through the RocksDB API: every load either
 // fails with a reason or returns exactly the committed state.
 TEST(CheckpointStoreTest, CorruptedValuesAreRefused) {
