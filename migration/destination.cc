@@ -163,13 +163,10 @@ Status MigrationDestination::ApplySections(const fbs::Sections& sec, uint64_t se
     uint64_t at = begin;
     for (const ChunkRun& r : runs) {
       s = b.Convert(at << b.page_shift(), r.pages << b.page_shift(), r.state);
-      if (!s.ok()) {
-        // The range is checked above, so only a listener registered by
-        // on_round_end refuses (its code kept); anything else is the
-        // stream's fault.
-        return s.code() == Status::Code::kRefused ? s.WithPrefix(swhere + ": ")
-                                                   : Status::Corruption(where + s.message());
-      }
+      // The range is checked above: only a listener registered by
+      // on_round_end refuses a conversion (a refusal, or a run that does
+      // not fit its granularity), and its code is kept.
+      if (!s.ok()) return s.WithPrefix(swhere + ": ");
       at += r.pages;
     }
     // Once read whole, the summary follows each section.
@@ -205,7 +202,11 @@ Status MigrationDestination::ApplySections(const fbs::Sections& sec, uint64_t se
 Result<VmState> MigrationDestination::Receive(ByteSource* in, std::string* vm_id) {
   if (state_) return Status::InvalidArgument("a destination receives one stream");
   Status s = ReceiveState(in, vm_id);
-  if (!s.ok()) return s;
+  if (!s.ok()) {
+    // Kept only for what on_round_end may have registered on it.
+    if (!opt_.on_round_end) state_.reset();
+    return s;
+  }
   VmState vm = std::move(*state_);
   state_.reset();
   return vm;
@@ -252,7 +253,7 @@ Status MigrationDestination::ReceiveState(ByteSource* in, std::string* vm_id) {
         round_ = Round{round_.index + 1, 0, 0, round_.runs_total, false, RoundStats{}};
         if (opt_.on_round_end) {
           s = opt_.on_round_end(&vm, ended);
-          if (!s.ok()) return s;
+          if (!s.ok()) return s.WithPrefix(Where(seq, "round end"));
         }
         break;
       }

@@ -84,9 +84,10 @@ class MigrationDestination {
   // the stream's VM id. Any fault ends it with an error naming it.
   Result<VmState> Receive(ByteSource* in, std::string* vm_id);
 
-  // After Receive failed: the state as far as it was built (null if the
-  // hello was not read), kept so that listeners registered on it by
-  // on_round_end can be unregistered before it goes, with this object.
+  // After Receive failed, with on_round_end set: the state as far as it
+  // was built (null if the hello was not read), kept so that listeners
+  // registered on it by on_round_end can be unregistered before it goes,
+  // with this object. Null without on_round_end (freed at once).
   VmState* partial_state() { return state_ ? &*state_ : nullptr; }
 
   // Over a network, before Receive: sends the challenge the source must

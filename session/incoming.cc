@@ -9,12 +9,9 @@ IncomingMigration::IncomingMigration(CheckpointStore* store, IncomingOptions opt
     : store_(store), opt_(std::move(options)) {}
 
 IncomingMigration::~IncomingMigration() {
-  // Abort was not called after a failure: the staged records go, and so
-  // does the reservation. The checkpointer first, while its state lives.
-  const bool staged = staged_.has_value();
-  staged_.reset();
-  if (staged && !committed_ && !aborted_) (void)store_->DeleteVm(target_);
-  if (reserved_) store_->ReleaseId(target_);
+  // A failure the caller did not Abort: take back what was not committed.
+  if (!aborted_ && !acknowledged_ && !committed_) Withdraw();
+  staged_.reset();  // ends the hold; first, while the state it reads lives
 }
 
 namespace {
@@ -32,15 +29,15 @@ Status IncomingMigration::EndOfRound(VmState* vm, uint32_t round, const Destinat
     report_.early_replay_ms = MsSince(t0);
     if (!s.ok()) return s;
   }
-  if (store_ == nullptr) return Status::OK();
+  if (!staged_) return Status::OK();
   // Each round's records are written as it ends, so the commit in the
-  // downtime writes only the last round's.
+  // downtime writes only what the last round changed.
   const Clock::time_point t0 = Clock::now();
-  if (!staged_) staged_.emplace(store_, target_);
   auto c = staged_->StageState(*vm);
   report_.last_stage_ms = MsSince(t0);
   report_.stage_ms += report_.last_stage_ms;
   if (!c.ok()) return c.status();
+  staged_records_ = true;
   report_.staged_bytes += c.value().bytes;
   return Status::OK();
 }
@@ -53,9 +50,11 @@ Status IncomingMigration::Receive(ByteSource* in, const DestinationListeners* li
   o.accept_vm = [this](const std::string& id) -> Status {
     target_ = opt_.commit_as.empty() ? id : opt_.commit_as;
     if (store_ == nullptr) return Status::OK();
-    // Held until the commit or the abort: no one else writes this id.
-    Status s = store_->ReserveNewId(target_);
-    reserved_ = s.ok();
+    // Held until the acknowledgement or the abort: no one else writes or
+    // deletes this id's records meanwhile.
+    staged_.emplace(store_, target_);
+    Status s = staged_->HoldNewVm();
+    if (!s.ok()) staged_.reset();
     return s;
   };
   if (opt_.reply != nullptr) {  // a fresh nonce the source must answer: no replays
@@ -97,11 +96,6 @@ Status IncomingMigration::Commit() {
   if (!c.ok()) return c.status();
   report_.commit_bytes = c.value().bytes;
   committed_ = true;
-  // The manifest guards the id now; the checkpointer goes while its state
-  // is still here.
-  staged_.reset();
-  store_->ReleaseId(target_);
-  reserved_ = false;
   return Status::OK();
 }
 
@@ -145,24 +139,31 @@ Status IncomingMigration::Acknowledge() {
   }
   report_.ack_ms = MsSince(t0);
   acknowledged_ = true;
+  // The manifest guards the id now; the checkpointer (reading the state's
+  // journal) is no longer needed.
+  staged_.reset();
   return Status::OK();
 }
 
-Status IncomingMigration::Abort(const Status& why) {
+void IncomingMigration::Withdraw() {
   // The blocks are alive: in vm_, or, after a failed Receive, in the
   // destination's partial state.
   for (auto it = registered_.rbegin(); it != registered_.rend(); ++it) (void)it->first->UnregisterListener(it->second);
   registered_.clear();
-  const bool staged = staged_.has_value();
-  staged_.reset();
-  if (committed_ || staged) {
-    // The source will not commit: neither do we. The id is ours (reserved
-    // or committed here), so its records are ours to remove.
+  if (staged_ && (staged_records_ || committed_)) {
+    // Our records: the id is held, no one else wrote it.
+    (void)staged_->DeleteAll();
+  } else if (committed_ && store_ != nullptr) {
     (void)store_->DeleteVm(target_);
-    committed_ = false;
   }
-  if (reserved_) store_->ReleaseId(target_);
-  reserved_ = false;
+  staged_records_ = false;
+  committed_ = false;
+  staged_.reset();
+}
+
+Status IncomingMigration::Abort(const Status& why) {
+  // The source will not commit: neither do we.
+  Withdraw();
   aborted_ = true;
   if (opt_.reply != nullptr && dest_ && !acknowledged_ && dest_->SendAck(opt_.reply, false, why.message()).ok() &&
       opt_.drain) {
@@ -172,6 +173,12 @@ Status IncomingMigration::Abort(const Status& why) {
 }
 
 std::optional<VmState> IncomingMigration::TakeState() {
+  // The listeners go with the state, and the checkpointer stops reading
+  // its journal; records staged for a commit that can no longer come go.
+  registered_.clear();
+  if (staged_ && staged_records_ && !committed_) (void)staged_->DeleteAll();
+  staged_records_ = false;
+  staged_.reset();
   std::optional<VmState> out = std::move(vm_);
   vm_.reset();
   return out;

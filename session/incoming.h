@@ -1,12 +1,13 @@
 // IncomingMigration: the destination's side of a live migration, the whole
 // sequence a VMM runs before the guest resumes on this host:
 //   1. Receive: answer nothing until the source answers our challenge, then
-//      read and verify the whole stream (MigrationDestination);
-//   2. Commit: store the state under its VM id in one synced batch
-//      (AlreadyExists if the id is taken: a migration never overwrites; the
-//      id is reserved from the hello on). Receive has staged each round's
-//      records as it ended (VmCheckpointer::StageState), so the commit
-//      writes the last round's changes and the manifest, not the state;
+//      read and verify the whole stream (MigrationDestination). With a
+//      store, the stream's VM id is held from the hello on (AlreadyExists
+//      if the store has it or another migration holds it: a migration
+//      never overwrites) and each round's records are staged as the round
+//      ends (VmCheckpointer::StageState);
+//   2. Commit: store the state under its VM id in one synced batch: what
+//      changed since the last stage, and the manifest, not the state;
 //   3. Replay: register the destination's listeners on every block, which
 //      replays the shared runs to DMA-mapping listeners and the private runs
 //      to memory-attribute listeners;
@@ -19,10 +20,13 @@
 // the commit of the last round and the acknowledgement: what changed, not
 // the state.
 // If a step fails, Run() takes back what the earlier ones did (listeners
-// unregistered, the commit deleted), tells the source why over a live
-// channel, and returns the error; the store is as it was. The steps are
-// public for callers that run them one by one (the C API's v0 calls); they
-// must be called in order.
+// unregistered, what was staged or committed deleted), tells the source
+// why over a live channel, and returns the error; the store is as it was
+// (a process killed midway leaves staged records no reader sees, which
+// the id's next commit replaces). The steps are public for callers that
+// run them one by one (the C API's v0 calls); they must be called in
+// order. Destroyed after a failure without Abort, it takes back what was
+// not committed, without telling the source.
 //
 // Thread-safety: one thread at a time.
 #ifndef CVMSTATE_SESSION_INCOMING_H_
@@ -63,14 +67,16 @@ struct IncomingOptions {
   std::function<void()> drain;
 };
 
-// The listeners (not owned) to register on the whole of `block` once the
-// state is committed. They stay registered on the returned VmState after a
+// The listeners (not owned) to register on the whole of `block`: at the
+// first round's end (Run, or Receive given them) or after the commit
+// (Replay). They stay registered on the returned VmState after a
 // successful Run(): the caller unregisters them before it destroys them.
 using DestinationListeners = std::function<std::vector<StateListener*>(const BlockTracker& block)>;
 
 // What the sequence did, for reports. Times are milliseconds; the
-// downtime's parts are the last round's staging (the stop-and-copy round:
-// the source's guest is paused by then) and what follows the end frame.
+// downtime's parts are the work on the last round as it ended (the
+// stop-and-copy round: the source's guest is paused by then) and what
+// follows the end frame.
 struct IncomingReport {
   std::string vm_id;         // as the stream named it
   std::string committed_as;  // the id in the store
@@ -83,7 +89,10 @@ struct IncomingReport {
   double replay_ms = 0;  // listener registration and replay in step 3
   double ack_ms = 0;     // sending the acknowledgement
   double last_stage_ms = 0;  // staging the last round's records, before the end frame
-  double downtime_ms() const { return last_stage_ms + verify_ms + commit_ms + replay_ms + ack_ms; }
+  double downtime_ms() const {
+    // A stream of one round is all stop-and-copy: its registration too.
+    return (rounds.size() == 1 ? early_replay_ms : 0) + last_stage_ms + verify_ms + commit_ms + replay_ms + ack_ms;
+  }
   // Listener registration and replay at the first round's end (Run(), or
   // Receive given listeners): before the end frame, outside the downtime.
   double early_replay_ms = 0;
@@ -109,9 +118,9 @@ class IncomingMigration {
   [[nodiscard]] Status Commit();
   [[nodiscard]] Status Replay(const DestinationListeners& listeners);
   [[nodiscard]] Status Acknowledge();
-  // Takes back what the steps did (unregisters the listeners Replay
-  // registered, deletes the commit), tells the source `why` over a live
-  // channel and drains it; returns why.
+  // Takes back what the steps did (unregisters the listeners registered,
+  // deletes what was staged or committed), tells the source `why` over a
+  // live channel and drains it; returns why.
   Status Abort(const Status& why);
 
   // The four steps, the listeners registered during Receive, or Abort on
@@ -123,7 +132,9 @@ class IncomingMigration {
   // state changed before Commit is committed as it is then (the change
   // journal tells the commit which chunks changed since the last stage).
   VmState* vm() { return vm_ ? &*vm_ : nullptr; }
-  // Moves the received state out (Commit and Replay are then impossible).
+  // Moves the received state out, with the listeners registered on it
+  // (Commit, Replay and Abort's withdrawal are then impossible; records
+  // staged for the commit are deleted).
   std::optional<VmState> TakeState();
   const IncomingReport& report() const { return report_; }
 
@@ -135,6 +146,9 @@ class IncomingMigration {
   // At the end of each round: registers the listeners (round 0, if
   // given), stages the round's records (with a store).
   [[nodiscard]] Status EndOfRound(VmState* vm, uint32_t round, const DestinationListeners* listeners);
+  // Unregisters the listeners registered here and deletes what was staged
+  // or committed here.
+  void Withdraw();
 
   CheckpointStore* store_;
   IncomingOptions opt_;
@@ -144,13 +158,14 @@ class IncomingMigration {
   bool committed_ = false;
   bool acknowledged_ = false;
   bool listeners_in_receive_ = false;
-  bool reserved_ = false;  // target_ is reserved in the store
+  bool staged_records_ = false;  // a stage succeeded: the store holds records of target_
   bool aborted_ = false;
   std::string target_;     // the id to commit under, from the hello on
   std::vector<std::pair<BlockTracker*, StateListener*>> registered_;
   IncomingReport report_;
-  // Declared last, destroyed first: it reads the journal of the state in
-  // vm_ or dest_.
+  // Holds target_ in the store from the hello to the acknowledgement and
+  // stages the rounds. Declared last, destroyed first: it reads the
+  // journal of the state in vm_ or dest_.
   std::optional<VmCheckpointer> staged_;
 };
 

@@ -124,8 +124,10 @@ Status CheckpointStore::Write(rocksdb::WriteBatch* batch) {
   return Status::OK();
 }
 
-Status CheckpointStore::WriteUnsynced(rocksdb::WriteBatch* batch) {
-  rocksdb::Status s = db_->Write(rocksdb::WriteOptions(), batch);
+Status CheckpointStore::WriteRecords(rocksdb::WriteBatch* batch) {
+  rocksdb::WriteOptions w;
+  w.sync = true;
+  rocksdb::Status s = db_->Write(w, batch);
   if (!s.ok()) {
     (void)db_->Resume();
     return FromRocks(s, "cannot write the checkpoint's records");
@@ -222,7 +224,13 @@ Result<uint64_t> CheckpointStore::PutManifest(rocksdb::WriteBatch* batch, const 
 
 Result<uint64_t> CheckpointStore::CommitFull(const std::string& id, const VmState& vm, uint64_t sequence,
                                              const std::vector<ChunkSummary>* summaries) {
+  return CommitFullAs(id, vm, sequence, summaries, nullptr);
+}
+
+Result<uint64_t> CheckpointStore::CommitFullAs(const std::string& id, const VmState& vm, uint64_t sequence,
+                                               const std::vector<ChunkSummary>* summaries, const void* writer) {
   Status s = CheckVmId(id);
+  if (s.ok()) s = CheckWriter(id, writer);
   if (!s.ok()) return s;
   rocksdb::WriteBatch batch;
   ChunkWrites w;
@@ -247,34 +255,46 @@ Result<uint64_t> CheckpointStore::CommitFull(const std::string& id, const VmStat
 
 Result<uint64_t> CheckpointStore::CommitNew(const std::string& id, const VmState& vm,
                                             const std::vector<ChunkSummary>* summaries) {
-  {
-    std::lock_guard<std::mutex> lock(reserved_mu_);
-    if (reserved_.count(id) != 0) return Status::AlreadyExists("VM " + Quoted(id) + " is being received into the store");
-  }
-  auto has = HasVm(id);
-  if (!has.ok()) return has.status();
-  if (has.value()) return Status::AlreadyExists("VM " + Quoted(id) + " already exists in the store");
-  return CommitFull(id, vm, 1, summaries);
+  // Held while it checks and writes: no other new VM of this id between.
+  const char token = 0;
+  Status s = CheckVmId(id);
+  if (s.ok()) s = Hold(id, &token);
+  if (!s.ok()) return s;
+  auto r = CommitFullAs(id, vm, 1, summaries, &token);
+  Release(id, &token);
+  return r;
 }
 
-Status CheckpointStore::ReserveNewId(const std::string& id) {
-  Status s = CheckVmId(id);
-  if (!s.ok()) return s;
-  std::lock_guard<std::mutex> lock(reserved_mu_);
-  if (reserved_.count(id) != 0) return Status::AlreadyExists("VM " + Quoted(id) + " is being received into the store");
+Status CheckpointStore::Hold(const std::string& id, const void* holder) {
+  std::lock_guard<std::mutex> lock(held_mu_);
+  if (held_.count(id) != 0) return Status::AlreadyExists("VM " + Quoted(id) + " is being received into the store");
   auto has = HasVm(id);
   if (!has.ok()) return has.status();
   if (has.value()) return Status::AlreadyExists("VM " + Quoted(id) + " already exists in the store");
-  reserved_.insert(id);
+  held_.emplace(id, holder);
   return Status::OK();
 }
 
-void CheckpointStore::ReleaseId(const std::string& id) {
-  std::lock_guard<std::mutex> lock(reserved_mu_);
-  reserved_.erase(id);
+void CheckpointStore::Release(const std::string& id, const void* holder) {
+  std::lock_guard<std::mutex> lock(held_mu_);
+  auto it = held_.find(id);
+  if (it != held_.end() && it->second == holder) held_.erase(it);
 }
 
-Status CheckpointStore::DeleteVm(const std::string& id) {
+Status CheckpointStore::CheckWriter(const std::string& id, const void* writer) const {
+  std::lock_guard<std::mutex> lock(held_mu_);
+  auto it = held_.find(id);
+  if (it != held_.end() && it->second != writer) {
+    return Status::AlreadyExists("VM " + Quoted(id) + " is being received into the store");
+  }
+  return Status::OK();
+}
+
+Status CheckpointStore::DeleteVm(const std::string& id) { return DeleteVmAs(id, nullptr); }
+
+Status CheckpointStore::DeleteVmAs(const std::string& id, const void* writer) {
+  Status s = CheckWriter(id, writer);
+  if (!s.ok()) return s;
   rocksdb::WriteBatch batch;
   DeleteAllChunks(&batch, id);
   batch.Delete(ManifestKey(id));

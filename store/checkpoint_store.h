@@ -14,9 +14,9 @@
 #define CVMSTATE_STORE_CHECKPOINT_STORE_H_
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
-#include <set>
 #include <string>
 #include <vector>
 
@@ -73,29 +73,21 @@ class CheckpointStore {
   Result<VmState> Load(const std::string& vm, CheckpointInfo* info = nullptr) const;
 
   // Writes the whole state of `vm` as the checkpoint of `id` in one synced
-  // batch, replacing whatever `id` held. Returns the bytes written (keys
+  // batch, replacing whatever `id` held. AlreadyExists while a
+  // VmCheckpointer of this store holds `id` (VmCheckpointer::ReserveNewVm). Returns the bytes written (keys
   // plus values). summaries (optional: one per block, describing vm as it
   // is, as a MigrationDestination's) spare a second pass over every run.
   Result<uint64_t> CommitFull(const std::string& id, const VmState& vm, uint64_t sequence,
                               const std::vector<ChunkSummary>* summaries = nullptr);
-  // The same, but AlreadyExists if `id` has a checkpoint or is reserved
-  // (ReserveNewId): a migration destination never overwrites a VM.
+  // The same, but AlreadyExists if `id` has a checkpoint or is held: a
+  // migration destination never overwrites a VM.
   Result<uint64_t> CommitNew(const std::string& id, const VmState& vm,
                              const std::vector<ChunkSummary>* summaries = nullptr);
 
   // Removes every key of `id` in one synced batch (a destination that
-  // cannot finish takes its commit back this way).
+  // cannot finish takes its commit back this way). AlreadyExists while a
+  // VmCheckpointer holds `id`.
   [[nodiscard]] Status DeleteVm(const std::string& id);
-
-  // Reserves `id` for a state being prepared in this process (a migration
-  // being received, whose records are staged ahead of its commit):
-  // AlreadyExists if `id` has a checkpoint or is reserved already.
-  // CommitNew refuses a reserved id, so two destinations never write one
-  // id's records at once (RocksDB lets one process write a store, so this
-  // process is the only place they can meet). Thread-safe.
-  [[nodiscard]] Status ReserveNewId(const std::string& id);
-  // Ends a reservation ReserveNewId made.
-  void ReleaseId(const std::string& id);
 
   // The RocksDB database, for tests that damage it on purpose.
   rocksdb::DB* db() const { return db_.get(); }
@@ -129,15 +121,29 @@ class CheckpointStore {
   // Adds a delete of every chunk record of `id`; returns bytes.
   static uint64_t DeleteAllChunks(rocksdb::WriteBatch* batch, const std::string& id);
   [[nodiscard]] Status Write(rocksdb::WriteBatch* batch);
-  // The same without the sync or the commit record: for records no
-  // manifest names yet (VmCheckpointer::StageState).
-  [[nodiscard]] Status WriteUnsynced(rocksdb::WriteBatch* batch);
+  // The same without the commit record: for records no manifest names yet
+  // (VmCheckpointer::StageState). Synced all the same: a log whose middle
+  // a power loss can tear would refuse to open (the store tolerates a torn
+  // last record only).
+  [[nodiscard]] Status WriteRecords(rocksdb::WriteBatch* batch);
+  // Holding ids (VmCheckpointer::ReserveNewVm): while `holder` holds `id`,
+  // every other writer of it is refused. Hold: AlreadyExists if `id` has a
+  // checkpoint or another holder. RocksDB lets one process write a store,
+  // so this process is the only place two writers of an id can meet.
+  [[nodiscard]] Status Hold(const std::string& id, const void* holder);
+  void Release(const std::string& id, const void* holder);
+  // AlreadyExists if another than `writer` (null: a writer that holds
+  // nothing) holds `id`.
+  [[nodiscard]] Status CheckWriter(const std::string& id, const void* writer) const;
+  Result<uint64_t> CommitFullAs(const std::string& id, const VmState& vm, uint64_t sequence,
+                                const std::vector<ChunkSummary>* summaries, const void* writer);
+  [[nodiscard]] Status DeleteVmAs(const std::string& id, const void* writer);
 
   std::shared_ptr<rocksdb::Logger> log_;  // outlives db_
   std::unique_ptr<rocksdb::DB> db_;
   std::unique_ptr<CommitRecord> record_;
-  std::mutex reserved_mu_;
-  std::set<std::string> reserved_;  // guarded by reserved_mu_
+  mutable std::mutex held_mu_;
+  std::map<std::string, const void*> held_;  // id -> holder; guarded by held_mu_
 };
 
 }  // namespace cvmstate

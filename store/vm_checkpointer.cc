@@ -32,6 +32,20 @@ std::vector<std::pair<uint64_t, uint64_t>> ChangedChunks(const std::vector<PageR
 
 VmCheckpointer::VmCheckpointer(CheckpointStore* store, std::string vm_id) : store_(store), id_(std::move(vm_id)) {}
 
+VmCheckpointer::~VmCheckpointer() {
+  if (holds_) store_->Release(id_, this);
+}
+
+Status VmCheckpointer::HoldNewVm() {
+  if (!IsValidVmId(id_)) return Status::InvalidArgument("invalid VM id " + Quoted(id_) + " (" + kVmIdRule + ")");
+  if (holds_) return Status::OK();
+  Status s = store_->Hold(id_, this);
+  holds_ = s.ok();
+  return s;
+}
+
+Status VmCheckpointer::DeleteAll() { return store_->DeleteVmAs(id_, this); }
+
 Result<VmCheckpointer::Commit> VmCheckpointer::CommitState(VmState& vm) { return Write(vm, true); }
 
 Result<VmCheckpointer::Commit> VmCheckpointer::StageState(VmState& vm) { return Write(vm, false); }
@@ -42,6 +56,8 @@ Result<VmCheckpointer::Commit> VmCheckpointer::Write(VmState& vm, bool with_mani
   if (!first && journal_.vm() != &vm) {
     return Status::InvalidArgument("a checkpointer commits one VM state; VM " + Quoted(id_) + " was another");
   }
+  Status held = store_->CheckWriter(id_, this);
+  if (!held.ok()) return held;
   rocksdb::WriteBatch batch;
   Commit c;
   c.sequence = with_manifest ? sequence_ + 1 : 0;
@@ -68,7 +84,7 @@ Result<VmCheckpointer::Commit> VmCheckpointer::Write(VmState& vm, bool with_mani
     if (!m.ok()) return m.status();
     manifest_bytes = m.value();
   }
-  Status s = with_manifest ? store_->Write(&batch) : store_->WriteUnsynced(&batch);
+  Status s = with_manifest ? store_->Write(&batch) : store_->WriteRecords(&batch);
   if (!s.ok()) return s;  // nothing changed here: the next commit retries all
   c.bytes = w.bytes + manifest_bytes;
   c.records = w.records;

@@ -34,6 +34,23 @@ namespace cvmstate {
 class VmCheckpointer {
  public:
   VmCheckpointer(CheckpointStore* store, std::string vm_id);
+  ~VmCheckpointer();  // ends its hold on the id, if any
+  VmCheckpointer(const VmCheckpointer&) = delete;
+  VmCheckpointer& operator=(const VmCheckpointer&) = delete;
+
+  // Makes this checkpointer the only writer of its id in this process, for
+  // a VM that must be new: AlreadyExists if the store has a checkpoint of
+  // the id or another checkpointer holds it. Until this one is destroyed,
+  // CommitFull, CommitNew, DeleteVm and other checkpointers' commits of
+  // the id are refused (AlreadyExists). A migration destination holds its
+  // id from the hello on, so no one else writes or deletes the records it
+  // stages. (A writer that checked just before the hold began can still
+  // race it: one VMM thread writes a given id at a time.)
+  [[nodiscard]] Status HoldNewVm();
+  // Removes every record of the id in one synced batch, manifest included:
+  // what this checkpointer staged or committed (a destination that cannot
+  // finish). Refused if another holds the id.
+  [[nodiscard]] Status DeleteAll();
 
   struct Commit {
     uint64_t sequence = 0;  // 1 for the first commit of this checkpointer
@@ -47,14 +64,13 @@ class VmCheckpointer {
   // Writes the chunk records CommitState would, but no manifest, and does
   // not wait for the disk: the VM stays invisible (HasVm false, Load
   // NotFound, not in ListVms) and the next CommitState or StageState
-  // writes only the chunks changed since. CommitState's synced write makes
-  // the staged records durable with it (RocksDB syncs its log in order).
-  // What a crash or a failed commit leaves is records no reader sees; the
+  // writes only the chunks changed since. What a crash or a failed commit leaves is records no reader sees; the
   // id's next first commit replaces them, DeleteVm removes them. A
   // migration destination stages each round as it arrives, so that its
   // final commit costs the last round's changes, not the state. The caller
-  // must keep others from committing the id meanwhile
-  // (CheckpointStore::ReserveNewId). Commit::sequence is 0.
+  // should hold the id (HoldNewVm). Synced too (see
+  // CheckpointStore::WriteRecords), but with no manifest to name them.
+  // Commit::sequence is 0.
   Result<Commit> StageState(VmState& vm);
 
  private:
@@ -70,6 +86,7 @@ class VmCheckpointer {
   std::vector<ChunkSummary> summaries_;
   std::vector<CheckpointStore::EncodedStretches> stretches_;  // as last encoded
   uint64_t sequence_ = 0;
+  bool holds_ = false;  // HoldNewVm succeeded
 };
 
 }  // namespace cvmstate

@@ -413,6 +413,7 @@ void RunMap::AssignInChunk(uint64_t chunk, uint32_t a, uint32_t b, PageState s, 
       starts[n] = static_cast<uint16_t>(a), states[n++] = static_cast<uint8_t>(sv);
       if (b < len) starts[n] = static_cast<uint16_t>(b), states[n++] = old;
       e.kind = kList;
+      e.state = 0;  // Fragmenting()'s count
       ReserveList(e, n);
       std::memcpy(e.data, starts, n * sizeof(uint16_t));
       std::memcpy(const_cast<uint8_t*>(States(e)), states, n);
@@ -486,7 +487,10 @@ void RunMap::ListAssign(Entry& e, uint32_t len, uint32_t a, uint32_t b, PageStat
   uint32_t hi = j + 1;
   if (b == end_j && hi < n && ss[hi] == prev) ++hi;
   const uint32_t new_n = n - (hi - lo) + k;
-  if (new_n > ListMaxRuns()) {
+  // Fragmenting() counts what is not a cut of an inner run in three.
+  const bool inner_cut = k == 3 && i == j && j + 1 < n;
+  if (!inner_cut && e.state < 255) ++e.state;
+  if (new_n > ListMaxRuns() || Fragmenting(e, new_n)) {
     ListToDense(e, len);
     DenseAssign(e, len, a, b, s, changed);
     return;
@@ -559,7 +563,8 @@ void RunMap::ListToDense(Entry& e, uint32_t len) {
 
 void RunMap::DenseToList(Entry& e, uint32_t len, uint32_t runs) {
   const uint64_t* w = static_cast<const uint64_t*>(e.data);
-  Entry list{nullptr, 0, 0, kList, 0};
+  // Thinned out over many conversions: not a fragmenting list.
+  Entry list{nullptr, 0, 0, kList, 255};
   ReserveList(list, runs);
   uint16_t* st = static_cast<uint16_t*>(list.data);
   uint8_t* ss = const_cast<uint8_t*>(States(list));

@@ -166,7 +166,7 @@ class RunMap {
     uint32_t count;   // list: runs held; dense: conversions left until RecheckDense
     uint16_t cap;     // list: capacity in runs
     uint8_t kind;
-    uint8_t state;    // uniform: its state
+    uint8_t state;    // uniform: its state; list: see Fragmenting()
   };
   static const uint16_t* Starts(const Entry& e) { return static_cast<const uint16_t*>(e.data); }
   static const uint8_t* States(const Entry& e) {
@@ -210,6 +210,21 @@ class RunMap {
   uint32_t ListMaxRuns() const {
     uint64_t even = chunk_pages() / 12;
     return static_cast<uint32_t>(even < 2 ? 2 : (even > kListMaxRunsCap ? kListMaxRunsCap : even));
+  }
+  // A list's state byte counts (up to 255) the conversions that changed
+  // it other than by cutting a run inside the list in three. Past
+  // kFragmentingRuns runs, a list that grew almost only by such cuts (more
+  // than 16 runs for each other change) is fragmenting: random single
+  // pages, which make every run a cut of this kind. It turns dense at
+  // once, sparing it the costlier half of its list inserts. A guest's
+  // layout grows otherwise (its conversions extend, merge and replace runs
+  // too), and a stream or a load writes a chunk's runs in order, changing
+  // the list's last run each time: both stay lists up to ListMaxRuns().
+  // A dense chunk still holds at least 257 runs (64 bytes a run at most).
+  // Only where ListMaxRuns() is the cap (large chunks).
+  static constexpr uint32_t kFragmentingRuns = 256;
+  bool Fragmenting(const Entry& e, uint32_t runs) const {
+    return runs > kFragmentingRuns && ListMaxRuns() == kListMaxRunsCap && uint32_t{e.state} * 16 < runs;
   }
   size_t DenseWords(uint64_t len) const { return (len + 31) / 32; }
   // A dense chunk holds 2 bits a page, 32 pages a word.

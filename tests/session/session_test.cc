@@ -380,9 +380,33 @@ TEST_F(SessionTest, AFailureAfterTheFirstRoundWithdrawsTheListeners) {
   EXPECT_FALSE(dst_store_->HasVm("g").value());
   EXPECT_GT(m.report().staged_bytes, 0u);
   // Nor are the records staged before the failure left behind.
-  std::unique_ptr<rocksdb::Iterator> it(dst_store_->db()->NewIterator(rocksdb::ReadOptions()));
-  it->SeekToFirst();
-  for (; it->Valid(); it->Next()) ADD_FAILURE() << "key left behind: " << it->key().ToString(true);
+  auto expect_empty_store = [&] {
+    std::unique_ptr<rocksdb::Iterator> it(dst_store_->db()->NewIterator(rocksdb::ReadOptions()));
+    it->SeekToFirst();
+    for (; it->Valid(); it->Next()) ADD_FAILURE() << "key left behind: " << it->key().ToString(true);
+  };
+  expect_empty_store();
+  // A caller of the steps that drops the migration after the failure
+  // without Abort: the same is taken back when it is destroyed.
+  dma.clear();
+  kvm.clear();
+  {
+    StringSource again(cut);
+    IncomingMigration steps(dst_store_.get(), IncomingOptions{});
+    const DestinationListeners fn = listeners;
+    EXPECT_FALSE(steps.Receive(&again, &fn).ok());
+    ASSERT_EQ(dma.size(), 2u);
+    EXPECT_FALSE(dma[0]->mapped().empty());
+  }
+  for (size_t i = 0; i < dma.size(); ++i) {
+    EXPECT_TRUE(dma[i]->mapped().empty());
+    EXPECT_EQ(kvm[i]->private_bytes(), 0u);
+  }
+  expect_empty_store();
+  // And the id is free again.
+  StringSource whole(stream);
+  IncomingMigration ok(dst_store_.get(), IncomingOptions{});
+  EXPECT_TRUE(ok.Run(&whole, [](const BlockTracker&) { return std::vector<StateListener*>{}; }).ok());
 }
 
 TEST_F(SessionTest, AnIdBeingReceivedIsNotReceivedTwice) {

@@ -161,7 +161,7 @@ TEST(CheckpointStoreTest, IncrementalCheckpointIsSmall) {
 
 // Staged records stay invisible until the commit, which then writes only
 // what changed since; a stage never committed is replaced by the id's next
-// first commit; a reserved id cannot be committed by anyone else.
+// first commit; an id held by a checkpointer is written by no one else.
 TEST(CheckpointStoreTest, StagedRecordsAreInvisibleUntilTheCommitWritesTheRest) {
   std::string trace;
   ASSERT_TRUE(tools::GenerateWorkload("steady", uint64_t{64} << 30, 6, 20000, &trace).ok());
@@ -169,11 +169,20 @@ TEST(CheckpointStoreTest, StagedRecordsAreInvisibleUntilTheCommitWritesTheRest) 
   ApplyTrace(trace, &vm, [] {});
   const std::string dir = MakeTempDir();
   auto store = OpenStore(dir);
-  ASSERT_TRUE(store->ReserveNewId("guest").ok());
-  EXPECT_EQ(store->ReserveNewId("guest").code(), Status::Code::kAlreadyExists);
+  auto cp = std::make_unique<VmCheckpointer>(store.get(), "guest");
+  ASSERT_TRUE(cp->HoldNewVm().ok());
+  {
+    // Every other writer of the id is refused while it is held.
+    VmCheckpointer other(store.get(), "guest");
+    EXPECT_EQ(other.HoldNewVm().code(), Status::Code::kAlreadyExists);
+    EXPECT_EQ(other.CommitState(vm).status().code(), Status::Code::kAlreadyExists);
+    EXPECT_EQ(other.StageState(vm).status().code(), Status::Code::kAlreadyExists);
+    EXPECT_EQ(other.DeleteAll().code(), Status::Code::kAlreadyExists);
+  }
   EXPECT_EQ(store->CommitNew("guest", vm).status().code(), Status::Code::kAlreadyExists);
-  VmCheckpointer cp(store.get(), "guest");
-  auto staged = cp.StageState(vm);
+  EXPECT_EQ(store->CommitFull("guest", vm, 1).status().code(), Status::Code::kAlreadyExists);
+  EXPECT_EQ(store->DeleteVm("guest").code(), Status::Code::kAlreadyExists);
+  auto staged = cp->StageState(vm);
   ASSERT_TRUE(staged.ok()) << staged.status().message();
   EXPECT_GT(staged->records, 0u);
   EXPECT_EQ(staged->sequence, 0u);
@@ -185,16 +194,20 @@ TEST(CheckpointStoreTest, StagedRecordsAreInvisibleUntilTheCommitWritesTheRest) 
   BlockTracker* b = vm.Find("/objects/mem0");
   for (int i = 0; i < 110; ++i) {
     if (i == 100) {
-      ASSERT_TRUE(cp.StageState(vm).ok());
+      ASSERT_TRUE(cp->StageState(vm).ok());
     }
     ASSERT_TRUE(b->Convert((uint64_t{5} << 30) + (rng() % 262144) * 4096, 4096, static_cast<PageState>(rng() % 3)).ok());
   }
   EXPECT_FALSE(store->HasVm("guest").value());
-  auto commit = cp.CommitState(vm);
+  auto commit = cp->CommitState(vm);
   ASSERT_TRUE(commit.ok()) << commit.status().message();
   EXPECT_EQ(commit->sequence, 1u);
   EXPECT_LE(commit->bytes * 20, staged->bytes);
-  store->ReleaseId("guest");
+  cp.reset();  // ends the hold
+  {
+    VmCheckpointer again(store.get(), "guest");
+    EXPECT_EQ(again.HoldNewVm().code(), Status::Code::kAlreadyExists);  // it exists now
+  }
   CheckpointInfo info;
   auto loaded = store->Load("guest", &info);
   ASSERT_TRUE(loaded.ok()) << loaded.status().message();
@@ -208,8 +221,8 @@ TEST(CheckpointStoreTest, StagedRecordsAreInvisibleUntilTheCommitWritesTheRest) 
     for (int i = 0; i < 2000; ++i) {
       ASSERT_TRUE(other.block(0).Convert((rng() % (uint64_t{1} << 22)) * 4096, 4096, PageState::kPrivate).ok());
     }
-    ASSERT_TRUE(store->ReserveNewId("lost").ok());
     VmCheckpointer lost(store.get(), "lost");
+    ASSERT_TRUE(lost.HoldNewVm().ok());
     ASSERT_TRUE(lost.StageState(other).ok());
   }
   store.reset();

@@ -225,6 +225,50 @@ TEST(RunMapTest, FragmentedChunkTurnsDenseAndBack) {
   EXPECT_EQ(wide.CountRuns(), 33u);  // page 5 of each chunk shared
 }
 
+// A list turns dense past 256 runs only if it grew by cutting its runs in
+// three (random single pages); a chunk written in order (a stream, a load)
+// or one that also grows otherwise stays a list up to 512 runs.
+TEST(RunMapTest, OnlyAFragmentingListTurnsDenseBeforeItsCap) {
+  std::mt19937_64 rng(12);
+  {
+    RunMap frag(1 << 16, PageState::kPrivate, RunMap::kDefaultChunkShift);
+    while (frag.GetShape().dense == 0) {
+      const uint64_t p = rng() % (1 << 16);
+      frag.Assign(p, p + 1, static_cast<PageState>(rng() % 3));
+      ASSERT_LE(frag.CountRuns(), 300u);
+    }
+    EXPECT_GT(frag.CountRuns(), 256u);
+  }
+  {
+    // Every other run in the copy's initial state: each run written after
+    // one of those cuts the uniform tail in three, yet always the last run.
+    RunMap copy(1 << 16, PageState::kPrivate, RunMap::kDefaultChunkShift);
+    uint64_t at = 0;
+    for (int k = 0; k < 500; ++k) {
+      const uint64_t len = 1 + rng() % 120;
+      copy.Assign(at, at + len, k % 2 == 0 ? PageState::kPrivate : rng() % 2 ? PageState::kShared : PageState::kDiscarded);
+      at += len;
+    }
+    const uint64_t runs = copy.CountRuns();
+    EXPECT_GT(runs, 300u);
+    EXPECT_EQ(copy.GetShape().dense, 0u) << runs << " runs";
+    EXPECT_EQ(copy.GetShape().list, 1u);
+  }
+  {
+    // Cuts, each followed by a change that extends the new run: half the
+    // changes are not cuts.
+    RunMap grown(1 << 16, PageState::kPrivate, RunMap::kDefaultChunkShift);
+    while (grown.CountRuns() < 450) {
+      const uint64_t p = 2 * (rng() % (1 << 14));
+      if (grown.Get(p) != PageState::kPrivate || grown.Get(p + 1) != PageState::kPrivate) continue;
+      grown.Assign(p, p + 1, PageState::kShared);
+      grown.Assign(p + 1, p + 2, PageState::kShared);
+    }
+    EXPECT_EQ(grown.GetShape().dense, 0u);
+    EXPECT_EQ(grown.GetShape().list, 1u);
+  }
+}
+
 TEST(RunMapTest, CompactDenseGivesBackWhatThinnedChunksHold) {
   RunMap map(uint64_t{4} << 16, PageState::kPrivate, RunMap::kDefaultChunkShift);
   // Four dense chunks; three thinned page by page (fewer than kDenseRecheck
