@@ -264,6 +264,19 @@ class RecordingDma : public DmaMappingListener {
   std::set<uint64_t> mapped_;
 };
 
+// A recording DMA listener and a KVM attribute table per block.
+struct RecordingHost {
+  std::vector<std::unique_ptr<RecordingDma>> dma;
+  std::vector<std::unique_ptr<KvmAttributeSim>> kvm;
+  DestinationListeners Listeners() {
+    return [this](const BlockTracker& b) -> std::vector<StateListener*> {
+      dma.push_back(std::make_unique<RecordingDma>(b.page_size()));
+      kvm.push_back(std::make_unique<KvmAttributeSim>());
+      return {dma.back().get(), kvm.back().get()};
+    };
+  }
+};
+
 std::set<uint64_t> SharedPages(const BlockTracker& b) {
   std::set<uint64_t> pages;
   b.map().ForEachRunOf(PageState::kShared, 0, b.size() >> b.page_shift(), [&](uint64_t a, uint64_t e) {
@@ -299,13 +312,10 @@ std::string RecordedLiveStream(VmState* vm) {
 TEST_F(SessionTest, ListenersFollowTheRoundsFromTheFirstRoundsEnd) {
   VmState vm = Guest(6);
   const std::string stream = RecordedLiveStream(&vm);
-  std::vector<std::unique_ptr<RecordingDma>> dma;
-  std::vector<std::unique_ptr<KvmAttributeSim>> kvm;
-  auto listeners = [&](const BlockTracker& b) -> std::vector<StateListener*> {
-    dma.push_back(std::make_unique<RecordingDma>(b.page_size()));
-    kvm.push_back(std::make_unique<KvmAttributeSim>());
-    return {dma.back().get(), kvm.back().get()};
-  };
+  RecordingHost host;
+  auto& dma = host.dma;
+  auto& kvm = host.kvm;
+  const DestinationListeners listeners = host.Listeners();
   StringSource in(stream);
   IncomingMigration m(dst_store_.get(), IncomingOptions{});
   auto r = m.Run(&in, listeners);
@@ -360,13 +370,10 @@ TEST_F(SessionTest, AFailureAfterTheFirstRoundWithdrawsTheListeners) {
   const std::string stream = RecordedLiveStream(&vm);
   // Cut inside the end frame: the listeners are registered by then.
   const std::string cut = stream.substr(0, stream.size() - 8);
-  std::vector<std::unique_ptr<RecordingDma>> dma;
-  std::vector<std::unique_ptr<KvmAttributeSim>> kvm;
-  auto listeners = [&](const BlockTracker& b) -> std::vector<StateListener*> {
-    dma.push_back(std::make_unique<RecordingDma>(b.page_size()));
-    kvm.push_back(std::make_unique<KvmAttributeSim>());
-    return {dma.back().get(), kvm.back().get()};
-  };
+  RecordingHost host;
+  auto& dma = host.dma;
+  auto& kvm = host.kvm;
+  const DestinationListeners listeners = host.Listeners();
   StringSource in(cut);
   IncomingMigration m(dst_store_.get(), IncomingOptions{});
   auto r = m.Run(&in, listeners);
@@ -393,8 +400,7 @@ TEST_F(SessionTest, AFailureAfterTheFirstRoundWithdrawsTheListeners) {
   {
     StringSource again(cut);
     IncomingMigration steps(dst_store_.get(), IncomingOptions{});
-    const DestinationListeners fn = listeners;
-    EXPECT_FALSE(steps.Receive(&again, &fn).ok());
+    EXPECT_FALSE(steps.Receive(&again, &listeners).ok());
     ASSERT_EQ(dma.size(), 2u);
     EXPECT_FALSE(dma[0]->mapped().empty());
   }
