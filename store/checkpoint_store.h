@@ -73,10 +73,11 @@ class CheckpointStore {
   Result<VmState> Load(const std::string& vm, CheckpointInfo* info = nullptr) const;
 
   // Writes the whole state of `vm` as the checkpoint of `id` in one synced
-  // batch, replacing whatever `id` held. AlreadyExists while a
-  // VmCheckpointer of this store holds `id` (VmCheckpointer::ReserveNewVm). Returns the bytes written (keys
-  // plus values). summaries (optional: one per block, describing vm as it
-  // is, as a MigrationDestination's) spare a second pass over every run.
+  // batch, replacing whatever `id` held; AlreadyExists while a
+  // VmCheckpointer holds `id` (VmCheckpointer::HoldNewVm). Returns the
+  // bytes written (keys plus values). summaries (optional: one per block,
+  // describing vm as it is, as a MigrationDestination's) spare a second
+  // pass over every run.
   Result<uint64_t> CommitFull(const std::string& id, const VmState& vm, uint64_t sequence,
                               const std::vector<ChunkSummary>* summaries = nullptr);
   // The same, but AlreadyExists if `id` has a checkpoint or is held: a
@@ -126,7 +127,7 @@ class CheckpointStore {
   // a power loss can tear would refuse to open (the store tolerates a torn
   // last record only).
   [[nodiscard]] Status WriteRecords(rocksdb::WriteBatch* batch);
-  // Holding ids (VmCheckpointer::ReserveNewVm): while `holder` holds `id`,
+  // Holding ids (VmCheckpointer::HoldNewVm): while `holder` holds `id`,
   // every other writer of it is refused. Hold: AlreadyExists if `id` has a
   // checkpoint or another holder. RocksDB lets one process write a store,
   // so this process is the only place two writers of an id can meet.
