@@ -101,8 +101,8 @@ class MigrationDestination {
   const std::vector<RoundStats>& rounds() const { return rounds_; }
   uint64_t total_bytes() const { return bytes_; }
   // After Receive returned a state: each block's summary of it (digest sum,
-  // run count, stretches), which a commit can use instead of reading every
-  // run again.
+  // run count, stretches), against which the end frame's digest was
+  // checked.
   const std::vector<ChunkSummary>& summaries() const { return summaries_; }
   // When the end frame was verified: the start of the guest's downtime.
   std::chrono::steady_clock::time_point end_received() const { return end_received_; }

@@ -11,7 +11,6 @@ IncomingMigration::IncomingMigration(CheckpointStore* store, IncomingOptions opt
 IncomingMigration::~IncomingMigration() {
   // A failure the caller did not Abort: take back what was not committed.
   if (!aborted_ && !acknowledged_ && !committed_) Withdraw();
-  staged_.reset();  // ends the hold; first, while the state it reads lives
 }
 
 namespace {
@@ -83,14 +82,14 @@ Status IncomingMigration::Receive(ByteSource* in, const DestinationListeners* li
 }
 
 Status IncomingMigration::Commit() {
-  if (!received_ || !vm_ || committed_ || store_ == nullptr) {
+  // staged_ is there whenever a store is: Receive held the id with it.
+  if (!received_ || !vm_ || committed_ || !staged_) {
     return Status::InvalidArgument("commit needs a store and a received, uncommitted state");
   }
   const Clock::time_point t0 = Clock::now();
   // The rounds are staged: what changed since the last one (the journal
   // says, even if the state was handed out since) and the manifest, in
   // one synced batch.
-  if (!staged_) return Status::InvalidArgument("commit needs the rounds staged by Receive");
   auto c = staged_->CommitState(*vm_);
   report_.commit_ms = MsSince(t0);
   if (!c.ok()) return c.status();

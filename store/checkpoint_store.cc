@@ -107,7 +107,7 @@ Result<bool> CheckpointStore::HasVm(const std::string& vm) const {
   return true;
 }
 
-Status CheckpointStore::Write(rocksdb::WriteBatch* batch) {
+Status CheckpointStore::Write(rocksdb::WriteBatch* batch, bool commit) {
   rocksdb::WriteOptions w;
   w.sync = true;  // durable before we say "committed"
   rocksdb::Status s = db_->Write(w, batch);
@@ -115,23 +115,13 @@ Status CheckpointStore::Write(rocksdb::WriteBatch* batch) {
     // A failed WAL write stops RocksDB's writes; once the fault is gone
     // the next checkpoint should work, so try to resume now.
     (void)db_->Resume();
-    return FromRocks(s, "cannot commit the checkpoint");
+    return FromRocks(s, commit ? "cannot commit the checkpoint" : "cannot write the checkpoint's records");
   }
+  if (!commit) return Status::OK();
   // The commit is durable; a record that cannot follow only weakens the
   // next Open's check (the next commit writes it again).
   Status r = record_->Record(db_->GetLatestSequenceNumber());
   if (!r.ok()) rocksdb::Warn(log_, "%s", r.message().c_str());
-  return Status::OK();
-}
-
-Status CheckpointStore::WriteRecords(rocksdb::WriteBatch* batch) {
-  rocksdb::WriteOptions w;
-  w.sync = true;
-  rocksdb::Status s = db_->Write(w, batch);
-  if (!s.ok()) {
-    (void)db_->Resume();
-    return FromRocks(s, "cannot write the checkpoint's records");
-  }
   return Status::OK();
 }
 
@@ -222,13 +212,12 @@ Result<uint64_t> CheckpointStore::PutManifest(rocksdb::WriteBatch* batch, const 
   return k.size() + fb.GetSize();
 }
 
-Result<uint64_t> CheckpointStore::CommitFull(const std::string& id, const VmState& vm, uint64_t sequence,
-                                             const std::vector<ChunkSummary>* summaries) {
-  return CommitFullAs(id, vm, sequence, summaries, nullptr);
+Result<uint64_t> CheckpointStore::CommitFull(const std::string& id, const VmState& vm, uint64_t sequence) {
+  return CommitFullAs(id, vm, sequence, nullptr);
 }
 
 Result<uint64_t> CheckpointStore::CommitFullAs(const std::string& id, const VmState& vm, uint64_t sequence,
-                                               const std::vector<ChunkSummary>* summaries, const void* writer) {
+                                               const void* writer) {
   Status s = CheckVmId(id);
   if (s.ok()) s = CheckWriter(id, writer);
   if (!s.ok()) return s;
@@ -239,35 +228,38 @@ Result<uint64_t> CheckpointStore::CommitFullAs(const std::string& id, const VmSt
     s = PutChunks(&batch, id, vm, i, 0, ChunkCount(BlockPages(vm.block(i)), kChunkShift), &w);
     if (!s.ok()) return s;
   }
-  std::vector<ChunkSummary> read;
-  if (summaries == nullptr || summaries->size() != vm.num_blocks()) {
-    read.resize(vm.num_blocks());
-    for (size_t i = 0; i < vm.num_blocks(); ++i) read[i].Rebuild(vm.block(i));
-    summaries = &read;
-  }
+  std::vector<ChunkSummary> summaries(vm.num_blocks());
+  for (size_t i = 0; i < vm.num_blocks(); ++i) summaries[i].Rebuild(vm.block(i));
   std::vector<EncodedStretches> stretches;
-  auto m = PutManifest(&batch, id, vm, *summaries, &stretches, sequence);
+  auto m = PutManifest(&batch, id, vm, summaries, &stretches, sequence);
   if (!m.ok()) return m.status();
   s = Write(&batch);
   if (!s.ok()) return s;
   return w.bytes + m.value();
 }
 
-Result<uint64_t> CheckpointStore::CommitNew(const std::string& id, const VmState& vm,
-                                            const std::vector<ChunkSummary>* summaries) {
+Result<uint64_t> CheckpointStore::CommitNew(const std::string& id, const VmState& vm) {
   // Held while it checks and writes: no other new VM of this id between.
   const char token = 0;
   Status s = CheckVmId(id);
   if (s.ok()) s = Hold(id, &token);
   if (!s.ok()) return s;
-  auto r = CommitFullAs(id, vm, 1, summaries, &token);
+  auto r = CommitFullAs(id, vm, 1, &token);
   Release(id, &token);
   return r;
 }
 
+namespace {
+
+Status BeingReceived(const std::string& id) {
+  return Status::AlreadyExists("VM " + Quoted(id) + " is being received into the store");
+}
+
+}  // namespace
+
 Status CheckpointStore::Hold(const std::string& id, const void* holder) {
   std::lock_guard<std::mutex> lock(held_mu_);
-  if (held_.count(id) != 0) return Status::AlreadyExists("VM " + Quoted(id) + " is being received into the store");
+  if (held_.count(id) != 0) return BeingReceived(id);
   auto has = HasVm(id);
   if (!has.ok()) return has.status();
   if (has.value()) return Status::AlreadyExists("VM " + Quoted(id) + " already exists in the store");
@@ -284,10 +276,7 @@ void CheckpointStore::Release(const std::string& id, const void* holder) {
 Status CheckpointStore::CheckWriter(const std::string& id, const void* writer) const {
   std::lock_guard<std::mutex> lock(held_mu_);
   auto it = held_.find(id);
-  if (it != held_.end() && it->second != writer) {
-    return Status::AlreadyExists("VM " + Quoted(id) + " is being received into the store");
-  }
-  return Status::OK();
+  return it != held_.end() && it->second != writer ? BeingReceived(id) : Status::OK();
 }
 
 Status CheckpointStore::DeleteVm(const std::string& id) { return DeleteVmAs(id, nullptr); }

@@ -75,15 +75,11 @@ class CheckpointStore {
   // Writes the whole state of `vm` as the checkpoint of `id` in one synced
   // batch, replacing whatever `id` held; AlreadyExists while a
   // VmCheckpointer holds `id` (VmCheckpointer::HoldNewVm). Returns the
-  // bytes written (keys plus values). summaries (optional: one per block,
-  // describing vm as it is, as a MigrationDestination's) spare a second
-  // pass over every run.
-  Result<uint64_t> CommitFull(const std::string& id, const VmState& vm, uint64_t sequence,
-                              const std::vector<ChunkSummary>* summaries = nullptr);
+  // bytes written (keys plus values).
+  Result<uint64_t> CommitFull(const std::string& id, const VmState& vm, uint64_t sequence);
   // The same, but AlreadyExists if `id` has a checkpoint or is held: a
   // migration destination never overwrites a VM.
-  Result<uint64_t> CommitNew(const std::string& id, const VmState& vm,
-                             const std::vector<ChunkSummary>* summaries = nullptr);
+  Result<uint64_t> CommitNew(const std::string& id, const VmState& vm);
 
   // Removes every key of `id` in one synced batch (a destination that
   // cannot finish takes its commit back this way). AlreadyExists while a
@@ -121,12 +117,12 @@ class CheckpointStore {
                                  uint64_t c0, uint64_t c1, ChunkWrites* out) const;
   // Adds a delete of every chunk record of `id`; returns bytes.
   static uint64_t DeleteAllChunks(rocksdb::WriteBatch* batch, const std::string& id);
-  [[nodiscard]] Status Write(rocksdb::WriteBatch* batch);
-  // The same without the commit record: for records no manifest names yet
-  // (VmCheckpointer::StageState). Synced all the same: a log whose middle
-  // a power loss can tear would refuse to open (the store tolerates a torn
-  // last record only).
-  [[nodiscard]] Status WriteRecords(rocksdb::WriteBatch* batch);
+  // Writes batch, synced. A commit (a manifest in it) then records
+  // RocksDB's sequence for the next Open's check; records no manifest
+  // names yet (VmCheckpointer::StageState) are synced all the same, since
+  // a log whose middle a power loss can tear would refuse to open (the
+  // store tolerates a torn last record only).
+  [[nodiscard]] Status Write(rocksdb::WriteBatch* batch, bool commit = true);
   // Holding ids (VmCheckpointer::HoldNewVm): while `holder` holds `id`,
   // every other writer of it is refused. Hold: AlreadyExists if `id` has a
   // checkpoint or another holder. RocksDB lets one process write a store,
@@ -136,8 +132,7 @@ class CheckpointStore {
   // AlreadyExists if another than `writer` (null: a writer that holds
   // nothing) holds `id`.
   [[nodiscard]] Status CheckWriter(const std::string& id, const void* writer) const;
-  Result<uint64_t> CommitFullAs(const std::string& id, const VmState& vm, uint64_t sequence,
-                                const std::vector<ChunkSummary>* summaries, const void* writer);
+  Result<uint64_t> CommitFullAs(const std::string& id, const VmState& vm, uint64_t sequence, const void* writer);
   [[nodiscard]] Status DeleteVmAs(const std::string& id, const void* writer);
 
   std::shared_ptr<rocksdb::Logger> log_;  // outlives db_

@@ -84,7 +84,7 @@ Result<VmCheckpointer::Commit> VmCheckpointer::Write(VmState& vm, bool with_mani
     if (!m.ok()) return m.status();
     manifest_bytes = m.value();
   }
-  Status s = with_manifest ? store_->Write(&batch) : store_->WriteRecords(&batch);
+  Status s = store_->Write(&batch, with_manifest);
   if (!s.ok()) return s;  // nothing changed here: the next commit retries all
   c.bytes = w.bytes + manifest_bytes;
   c.records = w.records;

@@ -69,7 +69,7 @@ class VmCheckpointer {
   // migration destination stages each round as it arrives, so that its
   // final commit costs the last round's changes, not the state. The caller
   // should hold the id (HoldNewVm). Synced too (see
-  // CheckpointStore::WriteRecords), but with no manifest to name them.
+  // CheckpointStore::Write), but with no manifest to name them.
   // Commit::sequence is 0.
   Result<Commit> StageState(VmState& vm);
 
