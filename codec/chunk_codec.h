@@ -30,7 +30,8 @@ struct ChunkRun {
 void PutVarint(std::string* out, uint64_t v);
 bool GetVarint(std::string_view* in, uint64_t* v);
 
-// Compresses raw into one zstd frame with checksum and content size.
+// Compresses raw into one zstd frame with checksum and content size (level
+// 3, or -1 for inputs under 256 bytes: see chunk_codec.cc).
 Status ZstdCompress(std::string_view raw, std::string* out);
 // Decompresses a frame that must hold exactly `size` bytes (size <= cap is
 // checked first), with its checksum, and a capped window.

@@ -29,6 +29,7 @@ void ChunkSummary::Update(const BlockTracker& b, uint64_t c0, uint64_t c1) {
   if (pages_ != BlockPages(b) || pieces_.empty()) return Rebuild(b);
   c1 = std::min(c1, chunks_);
   if (c0 >= c1) return;
+  if (c1 == c0 + 1 && UpdateDetailed(b, c0)) return;
   // Only pieces meeting [x, y) can change; the joins with the pieces
   // around them stay, since their outer pages keep their states.
   const uint64_t x = c0 == 0 ? 0 : c0 - 1, y = std::min(chunks_, c1 + 1);
@@ -56,6 +57,45 @@ void ChunkSummary::Update(const BlockTracker& b, uint64_t c0, uint64_t c1) {
   if (c1 < chunks_) JoinAt(c1);
   if (c0 > 0) JoinAt(c0);
   runs_ += LocalRuns(x, y) - before;  // modulo 2^64: the result is the count
+}
+
+bool ChunkSummary::UpdateDetailed(const BlockTracker& b, uint64_t c) {
+  // The usual change between checkpoints: a chunk with several runs that
+  // still has several. Its piece is replaced in place, the stretches stay
+  // and the run count moves by the difference, joins with the neighbours
+  // included: one search of the pieces instead of the general path's
+  // several, which at 64 TiB (a piece per 512 MiB chunk) cost a few
+  // microseconds each.
+  const auto it = pieces_.find(c);
+  if (it == pieces_.end() || it->second.kind != kDetailed) return false;
+  Piece& p = it->second;
+  const Piece old = p;
+  bool detailed = false;
+  ForEachChunk(
+      b, kDigestChunkShift, c, c + 1, [](uint64_t, uint64_t, PageState) {},
+      [&](uint64_t, const std::vector<ChunkRun>& runs) {
+        detailed = true;
+        p.term = ChunkTerm(c, ChunkRunsHash(runs));
+        p.runs = static_cast<uint32_t>(runs.size());
+        p.first = static_cast<uint8_t>(runs.front().state);
+        p.last = static_cast<uint8_t>(runs.back().state);
+      });
+  if (!detailed) return false;  // turned uniform: the general path
+  sum_ = AddMod(SubMod(sum_, old.term), p.term);
+  // runs_ counts maximal runs: a piece's first run joins the previous
+  // piece's last when their states match (a uniform piece's first and
+  // last are its state), and likewise at its end. Modulo 2^64.
+  uint64_t delta = uint64_t{p.runs} - old.runs;
+  if (it != pieces_.begin()) {
+    const uint8_t prev_last = std::prev(it)->second.last;
+    delta += uint64_t{prev_last == old.first} - uint64_t{prev_last == p.first};
+  }
+  if (const auto next = std::next(it); next != pieces_.end()) {
+    const uint8_t next_first = next->second.first;
+    delta += uint64_t{next_first == old.last} - uint64_t{next_first == p.last};
+  }
+  runs_ += delta;
+  return true;
 }
 
 void ChunkSummary::UpdatePages(const BlockTracker& b, uint64_t begin, uint64_t end) {

@@ -87,6 +87,9 @@ class ChunkSummary {
   // Adds the pieces of chunks [c0, c1), which hold none; true if any is
   // uniform.
   bool Read(const BlockTracker& b, uint64_t c0, uint64_t c1);
+  // Update of chunk c alone when its piece is detailed and it still has
+  // several runs; false (nothing changed) otherwise.
+  bool UpdateDetailed(const BlockTracker& b, uint64_t c);
 
   Map pieces_;
   mutable std::map<uint64_t, SegmentCode> codes_;  // by segment; only those of a pieces' start

@@ -13,6 +13,9 @@ namespace cvmstate {
 namespace {
 
 constexpr unsigned kChunkShift = CheckpointStore::kChunkShift;
+// The largest batch a checkpointer keeps between commits: a few thousand
+// changed chunks' records.
+constexpr size_t kKeptBatchBytes = size_t{4} << 20;
 
 // Chunk ranges [a, z) covering the changed page ranges, merged.
 std::vector<std::pair<uint64_t, uint64_t>> ChangedChunks(const std::vector<PageRange>& changed) {
@@ -58,7 +61,19 @@ Result<VmCheckpointer::Commit> VmCheckpointer::Write(VmState& vm, bool with_mani
   }
   Status held = store_->CheckWriter(id_, this);
   if (!held.ok()) return held;
-  rocksdb::WriteBatch batch;
+  if (batch_ == nullptr) batch_ = std::make_unique<rocksdb::WriteBatch>();
+  // Emptied, or dropped if large, whatever this commit's outcome.
+  struct Reuse {
+    std::unique_ptr<rocksdb::WriteBatch>& batch;
+    ~Reuse() {
+      if (batch->GetDataSize() > kKeptBatchBytes) {
+        batch.reset();
+      } else {
+        batch->Clear();
+      }
+    }
+  } reuse{batch_};
+  rocksdb::WriteBatch& batch = *batch_;
   Commit c;
   c.sequence = with_manifest ? sequence_ + 1 : 0;
   CheckpointStore::ChunkWrites w;
@@ -83,6 +98,11 @@ Result<VmCheckpointer::Commit> VmCheckpointer::Write(VmState& vm, bool with_mani
     auto m = store_->PutManifest(&batch, id_, vm, summaries_, &stretches_, c.sequence);
     if (!m.ok()) return m.status();
     manifest_bytes = m.value();
+  } else {
+    // The manifest's stretches now, while the stage is not in anyone's
+    // way: the commit that follows re-encodes only what changed since.
+    Status s = CheckpointStore::EncodeStretches(vm, summaries_, &stretches_);
+    if (!s.ok()) return s;
   }
   Status s = store_->Write(&batch, with_manifest);
   if (!s.ok()) return s;  // nothing changed here: the next commit retries all

@@ -4,6 +4,7 @@
 #define CVMSTATE_STORE_VM_CHECKPOINTER_H_
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -61,14 +62,15 @@ class VmCheckpointer {
   // (InvalidArgument otherwise); blocks may only be added.
   Result<Commit> CommitState(VmState& vm);
 
-  // Writes the chunk records CommitState would, but no manifest, and does
-  // not wait for the disk: the VM stays invisible (HasVm false, Load
-  // NotFound, not in ListVms) and the next CommitState or StageState
-  // writes only the chunks changed since. What a crash or a failed commit leaves is records no reader sees; the
+  // Writes the chunk records CommitState would, but no manifest: the VM
+  // stays invisible (HasVm false, Load NotFound, not in ListVms) and the
+  // next CommitState or StageState writes only the chunks changed since
+  // (and encodes again only the manifest stretches that changed since).
+  // What a crash or a failed commit leaves is records no reader sees; the
   // id's next first commit replaces them, DeleteVm removes them. A
   // migration destination stages each round as it arrives, so that its
   // final commit costs the last round's changes, not the state. The caller
-  // should hold the id (HoldNewVm). Synced too (see
+  // should hold the id (HoldNewVm). Synced like a commit (see
   // CheckpointStore::Write), but with no manifest to name them.
   // Commit::sequence is 0.
   Result<Commit> StageState(VmState& vm);
@@ -87,6 +89,11 @@ class VmCheckpointer {
   std::vector<CheckpointStore::EncodedStretches> stretches_;  // as last encoded
   uint64_t sequence_ = 0;
   bool holds_ = false;  // HoldNewVm succeeded
+  // The batch of the last commit, emptied, kept while it is small: the
+  // next commit fills memory already touched instead of growing a new
+  // batch page by page (page faults were a tenth of an incremental
+  // commit's time).
+  std::unique_ptr<rocksdb::WriteBatch> batch_;
 };
 
 }  // namespace cvmstate

@@ -444,7 +444,9 @@ void RunMap::ReserveList(Entry& e, uint32_t need) {
     std::memcpy(static_cast<uint8_t*>(p) + size_t{want} * sizeof(uint16_t), States(e), n);
     std::free(e.data);
   }
-  // ForEachRunOf reads states in whole words up to the capacity.
+  // ForEachRunOf reads states in whole words up to the capacity, and the
+  // run starts just before the states: all of it initialised.
+  std::memset(static_cast<uint16_t*>(p) + n, 0, (want - n) * sizeof(uint16_t));
   std::memset(static_cast<uint8_t*>(p) + size_t{want} * sizeof(uint16_t) + n, 0, want - n);
   chunk_bytes_ += ListBytes(want);
   chunk_bytes_ -= ListBytes(cap);

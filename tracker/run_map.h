@@ -226,6 +226,31 @@ class RunMap {
   bool Fragmenting(const Entry& e, uint32_t runs) const {
     return runs > kFragmentingRuns && ListMaxRuns() == kListMaxRunsCap && uint32_t{e.state} * 16 < runs;
   }
+  // Bit i set where p[i] == s, for i < 64: compared 16 bytes at a time
+  // (SSE2) or 8 (any CPU: a byte equal to s leaves a 1 in its low bit,
+  // states being below 4).
+  static uint64_t MatchStates64(const uint8_t* p, unsigned s) {
+#if defined(__SSE2__)
+    const __m128i want = _mm_set1_epi8(static_cast<char>(s));
+    uint64_t mask = 0;
+    for (unsigned j = 0; j < 64; j += 16) {
+      const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + j));
+      mask |= uint64_t{static_cast<uint16_t>(_mm_movemask_epi8(_mm_cmpeq_epi8(x, want)))} << j;
+    }
+    return mask;
+#else
+    constexpr uint64_t kBytes = 0x0101010101010101ULL;
+    uint64_t mask = 0;
+    for (unsigned j = 0; j < 64; j += 8) {
+      uint64_t x;
+      std::memcpy(&x, p + j, sizeof x);
+      x ^= kBytes * s;
+      const uint64_t m = ~(x | (x >> 1)) & kBytes;
+      mask |= ((m * 0x0102040810204080ULL) >> 56) << j;
+    }
+    return mask;
+#endif
+  }
   size_t DenseWords(uint64_t len) const { return (len + 31) / 32; }
   // A dense chunk holds 2 bits a page, 32 pages a word.
   static unsigned DenseGet(const uint64_t* w, uint64_t p) {
@@ -320,10 +345,11 @@ void RunMap::ForEachRunOf(PageState s, uint64_t begin, uint64_t end, Fn&& fn) co
       if (e.state == sv) emit(std::max(eb, begin), std::min(ee, end), true);
     } else if (e.kind == kList && !clip) {
       // Find the runs of s 64 at a time without a branch per run: compare
-      // the state bytes 16 (SSE2) or 8 (any CPU: a byte equal to s leaves
-      // a 1 in its low bit, states being below 4) at a time into a mask,
-      // then report its set bits. Reporting branches per run of s only, so
-      // the scan costs the list's bytes plus the runs it reports.
+      // the state bytes into a mask, then report its set bits. Only the list's first run (which may
+      // continue a pending run) and last run (which the next entry may
+      // continue) go through emit; the runs between are maximal and go
+      // straight to fn, so the scan costs the list's bytes plus the runs
+      // it reports.
       const uint16_t* st = Starts(e);
       const uint8_t* ss = States(e);
       const uint32_t n = e.count;
@@ -333,33 +359,54 @@ void RunMap::ForEachRunOf(PageState s, uint64_t begin, uint64_t end, Fn&& fn) co
         __builtin_prefetch(States(At(next)));
         __builtin_prefetch(At(next).data);
       }
-      constexpr uint64_t kBytes = 0x0101010101010101ULL;
+      // 64 states at a time. The last, partial, group is read as the 64
+      // bytes that end at the list's last state, shifted down: the bytes
+      // before the list's states are its run starts, in the allocation
+      // once it holds 32 runs or more. This keeps the loop free of a
+      // branch on the count, which mispredicted on most lists.
+      const bool overlap_tail = e.cap >= 32;
       for (uint32_t k0 = 0; k0 < n; k0 += 64) {
-        // Whole words up to the count rounded up to 8: a list's capacity
-        // is a multiple of 8 and states past its count are initialised
-        // (ReserveList); their bits are masked off.
         const uint32_t lim = std::min<uint32_t>(n - k0, 64);
-        uint64_t mask = 0;
-        uint32_t j = 0;
-#if defined(__SSE2__)
-        const __m128i want = _mm_set1_epi8(static_cast<char>(sv));
-        for (; j + 16 <= lim; j += 16) {
-          const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(ss + k0 + j));
-          mask |= uint64_t{static_cast<uint16_t>(_mm_movemask_epi8(_mm_cmpeq_epi8(x, want)))} << j;
+        uint64_t mask;
+        if (lim == 64) {
+          mask = MatchStates64(ss + k0, sv);
+        } else if (overlap_tail) {
+          mask = MatchStates64(ss + k0 + lim - 64, sv) >> (64 - lim);
+        } else {
+          // Whole words up to the count rounded up to 8: a list's
+          // capacity is a multiple of 8 and states past its count are
+          // initialised (ReserveList); their bits are masked off.
+          constexpr uint64_t kBytes = 0x0101010101010101ULL;
+          mask = 0;
+          for (uint32_t j = 0; j < lim; j += 8) {
+            uint64_t x;
+            std::memcpy(&x, ss + k0 + j, sizeof x);
+            x ^= kBytes * sv;
+            const uint64_t m = ~(x | (x >> 1)) & kBytes;
+            mask |= ((m * 0x0102040810204080ULL) >> 56) << j;
+          }
+          mask &= (uint64_t{1} << lim) - 1;
         }
-#endif
-        for (; j < lim; j += 8) {
-          uint64_t x;
-          std::memcpy(&x, ss + k0 + j, sizeof x);
-          x ^= kBytes * sv;
-          const uint64_t m = ~(x | (x >> 1)) & kBytes;
-          mask |= ((m * 0x0102040810204080ULL) >> 56) << j;
+        if (k0 == 0 && (mask & 1) != 0) {
+          // The first run, through emit: a pending run may continue it.
+          emit(eb, n > 1 ? eb + st[1] : ee, n == 1);
+          mask &= mask - 1;
+        } else if (k0 == 0 && open) {
+          fn(rb, re);
+          open = false;
         }
-        if (lim < 64) mask &= (uint64_t{1} << lim) - 1;
+        const bool last = k0 + lim == n && (mask >> (lim - 1)) != 0;
+        if (last) mask &= ~(uint64_t{1} << (lim - 1));
         while (mask != 0) {
           const uint32_t r = k0 + static_cast<uint32_t>(std::countr_zero(mask));
           mask &= mask - 1;
-          emit(eb + st[r], r + 1 < n ? eb + st[r + 1] : ee, r + 1 == n);
+          fn(eb + st[r], eb + st[r + 1]);
+        }
+        if (last) {
+          // The last run stays pending: the next entry may continue it.
+          open = true;
+          rb = eb + st[n - 1];
+          re = ee;
         }
       }
     } else {
