@@ -41,7 +41,9 @@ struct ImplResult {
   bool supported = true;
   std::string why_unsupported;
   uint64_t bytes = 0;         // heap bytes held after the replay
-  double apply_ns = 0;        // median over repeats of ns per conversion
+  // Median over repeats of ns per conversion; a repeat is the mean of
+  // replays into new blocks (20 ms of them, at most 16) after one untimed.
+  double apply_ns = 0;
   double lookup_ns = 0;       // median ns per random state lookup
   double scan_shared_ns = 0;  // median ns to enumerate every shared run
   uint64_t runs = 0;          // maximal runs of the final state

@@ -216,13 +216,17 @@ class RunMap {
   // kFragmentingRuns runs, a list that grew almost only by such cuts (more
   // than 16 runs for each other change) is fragmenting: random single
   // pages, which make every run a cut of this kind. It turns dense at
-  // once, sparing it the costlier half of its list inserts. A guest's
-  // layout grows otherwise (its conversions extend, merge and replace runs
-  // too), and a stream or a load writes a chunk's runs in order, changing
-  // the list's last run each time: both stay lists up to ListMaxRuns().
-  // A dense chunk still holds at least 257 runs (64 bytes a run at most).
-  // Only where ListMaxRuns() is the cap (large chunks).
-  static constexpr uint32_t kFragmentingRuns = 256;
+  // once, sparing it the costlier three quarters of its list inserts (it
+  // would turn dense anyway). A guest's layout grows otherwise (its
+  // conversions extend, merge and replace runs too), and a stream or a
+  // load writes a chunk's runs in order, changing the list's last run each
+  // time: both stay lists up to ListMaxRuns(). Such a dense chunk holds at
+  // least 129 runs (128 bytes a run at most; a migration destination over
+  // its memory budget turns those of at most 256 runs back into lists,
+  // which then stay lists up to ListMaxRuns()). At 64 the dense CVM-like
+  // traces' memory doubled; at 128 it did not change. Only where
+  // ListMaxRuns() is the cap (large chunks).
+  static constexpr uint32_t kFragmentingRuns = 128;
   bool Fragmenting(const Entry& e, uint32_t runs) const {
     return runs > kFragmentingRuns && ListMaxRuns() == kListMaxRunsCap && uint32_t{e.state} * 16 < runs;
   }

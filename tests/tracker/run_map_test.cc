@@ -225,7 +225,7 @@ TEST(RunMapTest, FragmentedChunkTurnsDenseAndBack) {
   EXPECT_EQ(wide.CountRuns(), 33u);  // page 5 of each chunk shared
 }
 
-// A list turns dense past 256 runs only if it grew by cutting its runs in
+// A list turns dense past 128 runs only if it grew by cutting its runs in
 // three (random single pages); a chunk written in order (a stream, a load)
 // or one that also grows otherwise stays a list up to 512 runs.
 TEST(RunMapTest, OnlyAFragmentingListTurnsDenseBeforeItsCap) {
@@ -235,9 +235,9 @@ TEST(RunMapTest, OnlyAFragmentingListTurnsDenseBeforeItsCap) {
     while (frag.GetShape().dense == 0) {
       const uint64_t p = rng() % (1 << 16);
       frag.Assign(p, p + 1, static_cast<PageState>(rng() % 3));
-      ASSERT_LE(frag.CountRuns(), 300u);
+      ASSERT_LE(frag.CountRuns(), 170u);
     }
-    EXPECT_GT(frag.CountRuns(), 256u);
+    EXPECT_GT(frag.CountRuns(), 128u);
   }
   {
     // Every other run in the copy's initial state: each run written after
