@@ -215,15 +215,17 @@ Result<BenchReport> RunBench(const ParsedTrace& trace, int repeat) {
             return true;
           };
           // One untimed replay first, so that the timed ones find this
-          // thread's heap mapped already. The bitmap maps and touches its
+          // thread's heap mapped already (glibc may still give some of
+          // it back between replays). The bitmap maps and touches its
           // memory when a block is declared, outside the timer; the others
           // allocate as the trace fragments, inside it, and on this kind
           // of virtual machine the first touch of a page costs 9-80 us
           // (tens of times a bare host's): a cold replay of a
-          // 200,000-conversion trace measured those faults more than the
-          // conversions. Then replays, each into new blocks, until 20 ms
-          // of them (at most 16): one replay of a short trace is under a
-          // millisecond, a few timer ticks' worth of noise.
+          // 200,000-conversion `frag` trace took 72 page faults and twice
+          // the time of a replay after an untimed one, which took 0 to 8.
+          // Then replays, each into new blocks, until 20 ms of them (at
+          // most 16): one replay of a short trace is under a millisecond,
+          // a few timer ticks' worth of noise.
           if (!build(false)) return;
           int replays = 0;
           do {

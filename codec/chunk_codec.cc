@@ -104,7 +104,7 @@ Status EncodeChunk(const std::vector<ChunkRun>& runs, std::string* out, uint32_t
 
 Status ZstdCompress(std::string_view raw, std::string* out) {
   ZSTD_CCtx* c = CCtx(raw.size());
-  if (c == nullptr) return Status::IOError("zstd: cannot create a compression context");
+  if (c == nullptr) return Status::IOError("zstd: cannot create or set up a compression context");
   out->resize(ZSTD_compressBound(raw.size()));
   const size_t n = ZSTD_compress2(c, out->data(), out->size(), raw.data(), raw.size());
   if (ZSTD_isError(n)) return Status::IOError(std::string("zstd: ") + ZSTD_getErrorName(n));

@@ -125,11 +125,16 @@ Status CheckpointStore::Write(rocksdb::WriteBatch* batch, bool commit) {
     // after the next write and compete with the writes that follow for
     // the disk: a destination's last, synced, stage waited up to 30 ms
     // behind the flush of its first. Flushing now keeps the cost in this
-    // write. The batch is durable already: a failed flush is a warning.
+    // write. The batch is durable already (in the synced log): a failed
+    // flush is a warning, and RocksDB, which stops writing after one, is
+    // asked to resume, as after a failed write.
     rocksdb::FlushOptions f;
     f.wait = true;
     rocksdb::Status fs = db_->Flush(f);
-    if (!fs.ok()) rocksdb::Warn(log_, "flush after a large write: %s", fs.ToString().c_str());
+    if (!fs.ok()) {
+      rocksdb::Warn(log_, "flush after a large write: %s", fs.ToString().c_str());
+      (void)db_->Resume();
+    }
   }
   if (!commit) return Status::OK();
   // The commit is durable; a record that cannot follow only weakens the

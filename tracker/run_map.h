@@ -366,8 +366,8 @@ void RunMap::ForEachRunOf(PageState s, uint64_t begin, uint64_t end, Fn&& fn) co
       // 64 states at a time. The last, partial, group is read as the 64
       // bytes that end at the list's last state, shifted down: the bytes
       // before the list's states are its run starts, in the allocation
-      // once it holds 32 runs or more. This keeps the loop free of a
-      // branch on the count, which mispredicted on most lists.
+      // once its capacity is 32 runs or more. This keeps the loop free of
+      // a branch on the count, which mispredicted on most lists.
       const bool overlap_tail = e.cap >= 32;
       for (uint32_t k0 = 0; k0 < n; k0 += 64) {
         const uint32_t lim = std::min<uint32_t>(n - k0, 64);
