@@ -75,10 +75,7 @@ bool ChunkSummary::UpdateDetailed(const BlockTracker& b, uint64_t c) {
       b, kDigestChunkShift, c, c + 1, [](uint64_t, uint64_t, PageState) {},
       [&](uint64_t, const std::vector<ChunkRun>& runs) {
         detailed = true;
-        p.term = ChunkTerm(c, ChunkRunsHash(runs));
-        p.runs = static_cast<uint32_t>(runs.size());
-        p.first = static_cast<uint8_t>(runs.front().state);
-        p.last = static_cast<uint8_t>(runs.back().state);
+        p = DetailedPiece(c, runs);
       });
   if (!detailed) return false;  // turned uniform: the general path
   sum_ = AddMod(SubMod(sum_, old.term), p.term);
@@ -115,14 +112,16 @@ bool ChunkSummary::Read(const BlockTracker& b, uint64_t c0, uint64_t c1) {
         sum_ = AddMod(sum_, UniformTerms(pages_, a, z, s));
       },
       [&](uint64_t c, const std::vector<ChunkRun>& runs) {
-        const uint64_t term = ChunkTerm(c, ChunkRunsHash(runs));
-        pieces_.emplace_hint(next, c,
-                             Piece{c + 1, term, static_cast<uint32_t>(runs.size()), kDetailed,
-                                   static_cast<uint8_t>(runs.front().state),
-                                   static_cast<uint8_t>(runs.back().state)});
-        sum_ = AddMod(sum_, term);
+        const Piece p = DetailedPiece(c, runs);
+        pieces_.emplace_hint(next, c, p);
+        sum_ = AddMod(sum_, p.term);
       });
   return uniform;
+}
+
+ChunkSummary::Piece ChunkSummary::DetailedPiece(uint64_t c, const std::vector<ChunkRun>& runs) {
+  return Piece{c + 1, ChunkTerm(c, ChunkRunsHash(runs)), static_cast<uint32_t>(runs.size()), kDetailed,
+               static_cast<uint8_t>(runs.front().state), static_cast<uint8_t>(runs.back().state)};
 }
 
 uint64_t ChunkSummary::Terms(const Map::const_iterator& it) const {

@@ -10,7 +10,9 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <vector>
 
+#include "codec/chunk_codec.h"
 #include "tracker/block_tracker.h"
 
 namespace cvmstate {
@@ -83,6 +85,8 @@ class ChunkSummary {
   // Merges the piece starting at c with the one before, if both are
   // uniform of one state.
   void JoinAt(uint64_t c);
+  // The piece of detailed chunk c, whose runs (two or more) are `runs`.
+  static Piece DetailedPiece(uint64_t c, const std::vector<ChunkRun>& runs);
   uint64_t Terms(const Map::const_iterator& it) const;
   // Adds the pieces of chunks [c0, c1), which hold none; true if any is
   // uniform.

@@ -127,7 +127,8 @@ class CheckpointStore {
   // RocksDB's sequence for the next Open's check; records no manifest
   // names yet (VmCheckpointer::StageState) are synced all the same, since
   // a log whose middle a power loss can tear would refuse to open (the
-  // store tolerates a torn last record only).
+  // store tolerates a torn last record only). A batch larger than the
+  // memtable is flushed to a table before it returns.
   [[nodiscard]] Status Write(rocksdb::WriteBatch* batch, bool commit = true);
   // Holding ids (VmCheckpointer::HoldNewVm): while `holder` holds `id`,
   // every other writer of it is refused. Hold: AlreadyExists if `id` has a

@@ -230,30 +230,30 @@ class RunMap {
   bool Fragmenting(const Entry& e, uint32_t runs) const {
     return runs > kFragmentingRuns && ListMaxRuns() == kListMaxRunsCap && uint32_t{e.state} * 16 < runs;
   }
+  // Bit i set where p[i] == s, for i < 8: a byte equal to s leaves a 1 in
+  // its low bit (states are below 4), gathered by one multiplication.
+  static uint64_t MatchStates8(const uint8_t* p, unsigned s) {
+    constexpr uint64_t kBytes = 0x0101010101010101ULL;
+    uint64_t x;
+    std::memcpy(&x, p, sizeof x);
+    x ^= kBytes * s;
+    const uint64_t m = ~(x | (x >> 1)) & kBytes;
+    return (m * 0x0102040810204080ULL) >> 56;
+  }
   // Bit i set where p[i] == s, for i < 64: compared 16 bytes at a time
-  // (SSE2) or 8 (any CPU: a byte equal to s leaves a 1 in its low bit,
-  // states being below 4).
+  // (SSE2) or 8 (MatchStates8).
   static uint64_t MatchStates64(const uint8_t* p, unsigned s) {
+    uint64_t mask = 0;
 #if defined(__SSE2__)
     const __m128i want = _mm_set1_epi8(static_cast<char>(s));
-    uint64_t mask = 0;
     for (unsigned j = 0; j < 64; j += 16) {
       const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + j));
       mask |= uint64_t{static_cast<uint16_t>(_mm_movemask_epi8(_mm_cmpeq_epi8(x, want)))} << j;
     }
-    return mask;
 #else
-    constexpr uint64_t kBytes = 0x0101010101010101ULL;
-    uint64_t mask = 0;
-    for (unsigned j = 0; j < 64; j += 8) {
-      uint64_t x;
-      std::memcpy(&x, p + j, sizeof x);
-      x ^= kBytes * s;
-      const uint64_t m = ~(x | (x >> 1)) & kBytes;
-      mask |= ((m * 0x0102040810204080ULL) >> 56) << j;
-    }
-    return mask;
+    for (unsigned j = 0; j < 64; j += 8) mask |= MatchStates8(p + j, s) << j;
 #endif
+    return mask;
   }
   size_t DenseWords(uint64_t len) const { return (len + 31) / 32; }
   // A dense chunk holds 2 bits a page, 32 pages a word.
@@ -380,15 +380,8 @@ void RunMap::ForEachRunOf(PageState s, uint64_t begin, uint64_t end, Fn&& fn) co
           // Whole words up to the count rounded up to 8: a list's
           // capacity is a multiple of 8 and states past its count are
           // initialised (ReserveList); their bits are masked off.
-          constexpr uint64_t kBytes = 0x0101010101010101ULL;
           mask = 0;
-          for (uint32_t j = 0; j < lim; j += 8) {
-            uint64_t x;
-            std::memcpy(&x, ss + k0 + j, sizeof x);
-            x ^= kBytes * sv;
-            const uint64_t m = ~(x | (x >> 1)) & kBytes;
-            mask |= ((m * 0x0102040810204080ULL) >> 56) << j;
-          }
+          for (uint32_t j = 0; j < lim; j += 8) mask |= MatchStates8(ss + k0 + j, sv) << j;
           mask &= (uint64_t{1} << lim) - 1;
         }
         if (k0 == 0 && (mask & 1) != 0) {
