@@ -57,12 +57,15 @@ class BitmapImpl final : public TrackerImpl {
       p = q;
     }
   }
-  void ForEachSharedRun(size_t bi, RunSink sink, void* ctx) const override {
+  void ForEachSharedRun(size_t bi, RunBatchSink sink, void* ctx) const override {
     const Block& b = blocks_[bi];
     const uint64_t* w = b.words.data();
-    const uint64_t nw = b.words.size();
+    const uint64_t nw = b.words.size(), pages = b.pages;
+    // As cvmstate's: a local buffer and count, which no store can alias.
+    PageSpan runs[RunBatcher::kRuns];
+    size_t n = 0;
     uint64_t p = 0;
-    while (p < b.pages) {
+    while (p < pages) {
       // Find the next shared page: a group with both bits clear.
       uint64_t wi = p >> 5;
       uint64_t x = w[wi];
@@ -71,13 +74,18 @@ class BitmapImpl final : public TrackerImpl {
         x = w[wi];
         shared = ~(x | (x >> 1)) & kLo;
       }
-      if (shared == 0) return;
+      if (shared == 0) break;
       uint64_t start = (wi << 5) + (std::countr_zero(shared) >> 1);
-      if (start >= b.pages) return;
+      if (start >= pages) break;
       uint64_t end = NextNot(b, start + 1, 0);
-      sink(ctx, start, end, PageState::kShared);
+      runs[n++] = PageSpan{start, end};
+      if (n == RunBatcher::kRuns) {
+        sink(ctx, runs, n);
+        n = 0;
+      }
       p = end;
     }
+    if (n != 0) sink(ctx, runs, n);
   }
 
  private:

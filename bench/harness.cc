@@ -261,10 +261,10 @@ Result<BenchReport> RunBench(const ParsedTrace& trace, int repeat) {
       do {
         count = Count{};
         for (size_t b = 0; b < trace.blocks.size(); ++b) {
-          impl->ForEachSharedRun(b, [](void* p, uint64_t a, uint64_t e, PageState) {
+          impl->ForEachSharedRun(b, [](void* p, const PageSpan* runs, size_t n) {
             auto* c = static_cast<Count*>(p);
-            ++c->runs;
-            c->pages += e - a;
+            c->runs += n;
+            for (size_t i = 0; i < n; ++i) c->pages += runs[i].end - runs[i].begin;
           }, &count);
         }
         ++scans;

@@ -37,10 +37,12 @@ class IclImpl final : public TrackerImpl {
            static_cast<PageState>(seg.second - 1));
     }
   }
-  void ForEachSharedRun(size_t bi, RunSink sink, void* ctx) const override {
+  void ForEachSharedRun(size_t bi, RunBatchSink sink, void* ctx) const override {
+    RunBatcher out(sink, ctx);
     for (const auto& seg : maps_[bi]) {
-      if (seg.second == 1) sink(ctx, boost::icl::first(seg.first), boost::icl::last(seg.first) + 1, PageState::kShared);
+      if (seg.second == 1) out.Add(boost::icl::first(seg.first), boost::icl::last(seg.first) + 1);
     }
+    out.Flush();
   }
 
  private:

@@ -18,6 +18,38 @@ namespace cvmstate::bench {
 // Receives runs [begin, end) of pages in `state`.
 using RunSink = void (*)(void* ctx, uint64_t begin, uint64_t end, PageState state);
 
+// Pages [begin, end).
+struct PageSpan {
+  uint64_t begin;
+  uint64_t end;
+};
+// Receives n runs, ascending: how a destination takes shared runs to map
+// them, a buffer at a time (the way iovecs or KVM's range calls batch), so
+// the scan is not priced by one indirect call per run.
+using RunBatchSink = void (*)(void* ctx, const PageSpan* runs, size_t n);
+
+// Fills a buffer of runs for a RunBatchSink and hands it over when full.
+// Call Flush() when the scan ends.
+class RunBatcher {
+ public:
+  static constexpr size_t kRuns = 256;
+  RunBatcher(RunBatchSink sink, void* ctx) : sink_(sink), ctx_(ctx) {}
+  void Add(uint64_t begin, uint64_t end) {
+    runs_[n_++] = PageSpan{begin, end};
+    if (n_ == kRuns) Flush();
+  }
+  void Flush() {
+    if (n_ != 0) sink_(ctx_, runs_, n_);
+    n_ = 0;
+  }
+
+ private:
+  RunBatchSink sink_;
+  void* ctx_;
+  uint32_t n_ = 0;  // not uint64_t, so that storing a run cannot alias it
+  PageSpan runs_[kRuns];
+};
+
 // One small interface for all implementations. Blocks are numbered in the
 // order they were added; callers validate ranges before calling.
 class TrackerImpl {
@@ -32,9 +64,9 @@ class TrackerImpl {
   virtual PageState Get(size_t block, uint64_t page) const = 0;
   // Every maximal run of the block, ascending.
   virtual void ForEachRun(size_t block, RunSink sink, void* ctx) const = 0;
-  // Only the maximal shared runs: what a destination walks to rebuild DMA
-  // mappings, each implementation in its fastest way.
-  virtual void ForEachSharedRun(size_t block, RunSink sink, void* ctx) const = 0;
+  // Only the maximal shared runs, in batches: what a destination walks to
+  // rebuild DMA mappings, each implementation in its fastest way.
+  virtual void ForEachSharedRun(size_t block, RunBatchSink sink, void* ctx) const = 0;
   // Called once after a replay, before memory is measured (roaring
   // run-optimizes its containers here).
   virtual void Finish() {}

@@ -70,7 +70,7 @@ void BM_ScanShared(benchmark::State& st, const char* name) {
   auto impl = Fragmented(name, kPages, 100000);
   for (auto _ : st) {
     uint64_t n = 0;
-    impl->ForEachSharedRun(0, [](void* p, uint64_t, uint64_t, PageState) { ++*static_cast<uint64_t*>(p); }, &n);
+    impl->ForEachSharedRun(0, [](void* p, const PageSpan*, size_t k) { *static_cast<uint64_t*>(p) += k; }, &n);
     benchmark::DoNotOptimize(n);
   }
 }

@@ -96,23 +96,20 @@ class RoaringImpl final : public TrackerImpl {
       if (st == b.st[0] && next == &c[0].runs[i]) ++i; else ++j;
     }
   }
-  void ForEachSharedRun(size_t bi, RunSink sink, void* ctx) const override {
+  void ForEachSharedRun(size_t bi, RunBatchSink sink, void* ctx) const override {
     const Block& b = blocks_[bi];
+    RunBatcher out(sink, ctx);
     if (b.def != PageState::kShared) {
       Coalescer c;
       roaring_iterate(b.bm[b.st[0] == PageState::kShared ? 0 : 1], &Coalescer::Add, &c);
-      for (auto& r : c.runs) sink(ctx, r.first, r.second, PageState::kShared);
+      for (auto& r : c.runs) out.Add(r.first, r.second);
+      out.Flush();
       return;
     }
-    struct Filter {
-      RunSink sink;
-      void* ctx;
-      static void Fn(void* p, uint64_t a, uint64_t e, PageState s) {
-        auto* f = static_cast<Filter*>(p);
-        if (s == PageState::kShared) f->sink(f->ctx, a, e, s);
-      }
-    } f{sink, ctx};
-    ForEachRun(bi, &Filter::Fn, &f);
+    ForEachRun(bi, [](void* p, uint64_t a, uint64_t e, PageState s) {
+      if (s == PageState::kShared) static_cast<RunBatcher*>(p)->Add(a, e);
+    }, &out);
+    out.Flush();
   }
   void Finish() override {
     for (Block& b : blocks_) {

@@ -25,9 +25,20 @@ class RunMapImpl final : public TrackerImpl {
       return true;
     });
   }
-  void ForEachSharedRun(size_t b, RunSink sink, void* ctx) const override {
+  void ForEachSharedRun(size_t b, RunBatchSink sink, void* ctx) const override {
     const RunMap& m = *maps_[b];
-    m.ForEachRunOf(PageState::kShared, 0, m.pages(), [&](uint64_t a, uint64_t e) { sink(ctx, a, e, PageState::kShared); });
+    // The count is a local whose address never escapes, so it stays in a
+    // register; the buffer is the only memory the scan writes.
+    PageSpan runs[RunBatcher::kRuns];
+    size_t n = 0;
+    m.ForEachRunOf(PageState::kShared, 0, m.pages(), [&](uint64_t a, uint64_t e) {
+      runs[n++] = PageSpan{a, e};
+      if (n == RunBatcher::kRuns) {
+        sink(ctx, runs, n);
+        n = 0;
+      }
+    });
+    if (n != 0) sink(ctx, runs, n);
   }
 
  private:

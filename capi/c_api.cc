@@ -563,12 +563,17 @@ int cvmstate_for_each_run(const cvmstate_vm* vm, const char* block, uint64_t off
     const uint64_t end = offset + size, mask = b->page_size() - 1;
     const uint64_t first = offset & ~mask, last = ((end - 1) | mask) + 1;  // <= the block's size
     int stopped = 0;
-    b->ForEachRun(first, last - first, [&](const cvmstate::ByteRun& r) {
-      if (state != -1 && static_cast<int>(r.state) != state) return true;
+    auto report = [&](const cvmstate::ByteRun& r) {
       const uint64_t a = std::max(r.offset, offset), e = std::min(r.offset + r.length, end);
       stopped = fn(opaque, a, e - a, static_cast<int>(r.state));
       return stopped == 0;
-    });
+    };
+    // One state: walk its runs only, not every run of the range.
+    if (state == -1) {
+      b->ForEachRun(first, last - first, report);
+    } else {
+      b->ForEachRunOf(static_cast<cvmstate::PageState>(state), first, last - first, report);
+    }
     return stopped;
   });
 }
@@ -708,8 +713,7 @@ int cvmstate_listener_replay(cvmstate_vm* vm, cvmstate_listener* l, int state) {
     // Each run is told as a change to its own state: every listener kind
     // maps that to its populate / set_private or discard / clear_private
     // (the `from` state is not read by any of them).
-    l->block->ForEachRun(l->offset, l->size, [&](const cvmstate::ByteRun& r) {
-      if (r.state != want) return true;
+    l->block->ForEachRunOf(want, l->offset, l->size, [&](const cvmstate::ByteRun& r) {
       refused = l->impl->OnChange(r.offset, r.length, r.state, want);
       return refused.ok();
     });

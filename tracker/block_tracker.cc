@@ -157,6 +157,35 @@ void BlockTracker::Undo(StateListener* l, const std::vector<Change>& accepted, s
   for (size_t k = n; k-- > 0;) (void)l->OnChange(accepted[k].offset, accepted[k].size, accepted[k].to, accepted[k].from);
 }
 
+template <typename Fn>
+void BlockTracker::ForEachVisibleRun(const StateListener& l, uint64_t offset, uint64_t size, Fn&& fn) const {
+  const int vnone = l.View(PageState::kDiscarded);
+  const bool shared = l.View(PageState::kShared) != vnone, priv = l.View(PageState::kPrivate) != vnone;
+  if (shared != priv) {
+    // DMA and attribute listeners: the runs of one state, maximal already.
+    ForEachRunOf(shared ? PageState::kShared : PageState::kPrivate, offset, size, [&](const ByteRun& r) {
+      fn(r);
+      return true;
+    });
+    return;
+  }
+  bool have = false;
+  ByteRun pending{};
+  ForEachRun(offset, size, [&](const ByteRun& r) {
+    const int v = l.View(r.state);
+    if (v == vnone) return true;
+    if (have && pending.offset + pending.length == r.offset && l.View(pending.state) == v) {
+      pending.length += r.length;
+      return true;
+    }
+    if (have) fn(static_cast<const ByteRun&>(pending));
+    pending = r;
+    have = true;
+    return true;
+  });
+  if (have) fn(static_cast<const ByteRun&>(pending));
+}
+
 Status BlockTracker::RegisterListener(StateListener* listener, uint64_t offset, uint64_t size) {
   if (listener == nullptr) return Status::InvalidArgument("null listener");
   for (const Registration& r : listeners_) {
@@ -178,22 +207,10 @@ Status BlockTracker::RegisterListener(StateListener* listener, uint64_t offset, 
                                    listener->name() + "'");
   }
   // Replay the section as changes from "no backing".
-  std::vector<ByteRun> runs;
-  ForEachRun(offset, size, [&](const ByteRun& r) {
-    runs.push_back(r);
-    return true;
-  });
   std::vector<Change> replay;
-  const int vnone = listener->View(PageState::kDiscarded);
-  for (const ByteRun& r : runs) {
-    const int v = listener->View(r.state);
-    if (v == vnone) continue;
-    if (!replay.empty() && replay.back().offset + replay.back().size == r.offset && listener->View(replay.back().to) == v) {
-      replay.back().size += r.length;
-    } else {
-      replay.push_back({r.offset, r.length, PageState::kDiscarded, r.state});
-    }
-  }
+  ForEachVisibleRun(*listener, offset, size, [&](const ByteRun& r) {
+    replay.push_back({r.offset, r.length, PageState::kDiscarded, r.state});
+  });
   // The state must already be aligned to the granularity in the listener's
   // view: a listener of 2 MiB mappings cannot be told of a 4 KiB run. (Once
   // registered, aligned conversions keep it so.)
@@ -227,18 +244,9 @@ Status BlockTracker::UnregisterListener(StateListener* listener) {
     listener->OnWithdrawSection(r.offset, r.size);
     return Status::OK();
   }
-  const int vnone = listener->View(PageState::kDiscarded);
   std::vector<Change> withdraw;
-  ForEachRun(r.offset, r.size, [&](const ByteRun& run) {
-    const int v = listener->View(run.state);
-    if (v == vnone) return true;
-    if (!withdraw.empty() && withdraw.back().offset + withdraw.back().size == run.offset &&
-        listener->View(withdraw.back().from) == v) {
-      withdraw.back().size += run.length;
-    } else {
-      withdraw.push_back({run.offset, run.length, run.state, PageState::kDiscarded});
-    }
-    return true;
+  ForEachVisibleRun(*listener, r.offset, r.size, [&](const ByteRun& run) {
+    withdraw.push_back({run.offset, run.length, run.state, PageState::kDiscarded});
   });
   for (const Change& c : withdraw) (void)listener->OnChange(c.offset, c.size, c.from, c.to);
   return Status::OK();

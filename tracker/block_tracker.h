@@ -93,6 +93,15 @@ class BlockTracker {
   }
   template <typename Fn>
   void ForEachRun(Fn&& fn) const { ForEachRun(0, size_, static_cast<Fn&&>(fn)); }
+  // The same for the runs in state s only, which costs those runs rather
+  // than every run (RunMap::ForEachRunOf); fn returns false to stop.
+  template <typename Fn>
+  void ForEachRunOf(PageState s, uint64_t offset, uint64_t size, Fn&& fn) const {
+    const unsigned sh = page_shift_;
+    map_.ForEachRunOf(s, offset >> sh, (offset + size) >> sh, [&](uint64_t a, uint64_t b) {
+      return fn(ByteRun{a << sh, (b - a) << sh, s});
+    });
+  }
 
   // Bytes per state, maintained on every conversion (O(1)).
   uint64_t BytesIn(PageState s) const { return pages_in_[static_cast<int>(s)] << page_shift_; }
@@ -122,6 +131,12 @@ class BlockTracker {
   static void Project(const Registration& r, const std::vector<ByteRun>& changed, PageState to,
                       std::vector<Change>* out);
   static void Undo(StateListener* l, const std::vector<Change>& accepted, size_t n);
+  // Calls fn(const ByteRun&) for each stretch of [offset, offset+size)
+  // the listener sees backed, adjacent runs its View cannot tell apart
+  // merged (each with its first run's state). For a listener of one state
+  // (DMA, attributes) it walks that state's runs only.
+  template <typename Fn>
+  void ForEachVisibleRun(const StateListener& l, uint64_t offset, uint64_t size, Fn&& fn) const;
   std::string name_;
   uint64_t size_;
   uint64_t page_size_;

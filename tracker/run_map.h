@@ -27,6 +27,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #if defined(__SSE2__)
@@ -108,6 +109,7 @@ class RunMap {
   // Calls fn(begin, end) for each maximal run of state s that intersects
   // [begin, end), clipped to it, ascending. Faster than filtering
   // ForEachRun: it skips other states without materialising their runs.
+  // fn returns void, or bool: false to stop.
   template <typename Fn>
   void ForEachRunOf(PageState s, uint64_t begin, uint64_t end, Fn&& fn) const;
 
@@ -317,16 +319,25 @@ void RunMap::ForEachRunOf(PageState s, uint64_t begin, uint64_t end, Fn&& fn) co
   if (end > pages_) end = pages_;
   if (begin >= end) return;
   const unsigned sv = static_cast<unsigned>(s);
+  // A void fn never stops the walk, and its checks compile away.
+  auto call = [&](uint64_t a, uint64_t b) -> bool {
+    if constexpr (std::is_void_v<decltype(fn(a, b))>) {
+      fn(a, b);
+      return true;
+    } else {
+      return fn(a, b);
+    }
+  };
   // A run of s that ends where its entry ends stays pending, since the
   // next entry may continue it; runs inside an entry are maximal already.
   bool open = false;
   uint64_t rb = 0, re = 0;
-  auto emit = [&](uint64_t a, uint64_t b, bool at_entry_end) {
+  auto emit = [&](uint64_t a, uint64_t b, bool at_entry_end) -> bool {
     if (open) {
       if (re == a) {
         a = rb;
-      } else {
-        fn(rb, re);
+      } else if (!call(rb, re)) {
+        return false;
       }
       open = false;
     }
@@ -334,9 +345,9 @@ void RunMap::ForEachRunOf(PageState s, uint64_t begin, uint64_t end, Fn&& fn) co
       open = true;
       rb = a;
       re = b;
-    } else {
-      fn(a, b);
+      return true;
     }
+    return call(a, b);
   };
   constexpr uint64_t kLo = 0x5555555555555555ULL;
   for (Pos i = FindEntry(begin >> shift_); !IsEnd(i); i = Next(i)) {
@@ -346,7 +357,7 @@ void RunMap::ForEachRunOf(PageState s, uint64_t begin, uint64_t end, Fn&& fn) co
     uint64_t ee = std::min(ChunkBegin(EndChunk(i)), pages_);
     const bool clip = eb < begin || ee > end;
     if (e.kind == kUniform) {
-      if (e.state == sv) emit(std::max(eb, begin), std::min(ee, end), true);
+      if (e.state == sv && !emit(std::max(eb, begin), std::min(ee, end), true)) return;
     } else if (e.kind == kList && !clip) {
       // Find the runs of s 64 at a time without a branch per run: compare
       // the state bytes into a mask, then report its set bits. Only the list's first run (which may
@@ -386,18 +397,18 @@ void RunMap::ForEachRunOf(PageState s, uint64_t begin, uint64_t end, Fn&& fn) co
         }
         if (k0 == 0 && (mask & 1) != 0) {
           // The first run, through emit: a pending run may continue it.
-          emit(eb, n > 1 ? eb + st[1] : ee, n == 1);
+          if (!emit(eb, n > 1 ? eb + st[1] : ee, n == 1)) return;
           mask &= mask - 1;
         } else if (k0 == 0 && open) {
-          fn(rb, re);
           open = false;
+          if (!call(rb, re)) return;
         }
         const bool last = k0 + lim == n && (mask >> (lim - 1)) != 0;
         if (last) mask &= ~(uint64_t{1} << (lim - 1));
         while (mask != 0) {
           const uint32_t r = k0 + static_cast<uint32_t>(std::countr_zero(mask));
           mask &= mask - 1;
-          fn(eb + st[r], eb + st[r + 1]);
+          if (!call(eb + st[r], eb + st[r + 1])) return;
         }
         if (last) {
           // The last run stays pending: the next entry may continue it.
@@ -415,7 +426,7 @@ void RunMap::ForEachRunOf(PageState s, uint64_t begin, uint64_t end, Fn&& fn) co
         const uint8_t* ss = States(e);
         for (uint32_t k = 0; k < e.count; ++k) {
           uint64_t a = std::max(eb + st[k], lb), b = std::min(k + 1 < e.count ? eb + st[k + 1] : ee, le);
-          if (ss[k] == sv && a < b) emit(a, b, b == le);
+          if (ss[k] == sv && a < b && !emit(a, b, b == le)) return;
         }
         continue;
       }
@@ -440,12 +451,12 @@ void RunMap::ForEachRunOf(PageState s, uint64_t begin, uint64_t end, Fn&& fn) co
           miss = (t | (t >> 1)) & kLo;
         }
         const uint64_t b = miss == 0 ? len : std::min(len, (wi << 5) + (static_cast<unsigned>(__builtin_ctzll(miss)) >> 1));
-        emit(eb + a, eb + b, b == len);
+        if (!emit(eb + a, eb + b, b == len)) return;
         p = b;
       }
     }
   }
-  if (open) fn(rb, re);
+  if (open) (void)call(rb, re);
 }
 
 }  // namespace cvmstate

@@ -145,6 +145,30 @@ struct Harness {
         ASSERT_TRUE(ctx.ok && ctx.next == bm.bytes())
             << what << ": runs not maximal or not covering";
         ASSERT_EQ(got, bm.st) << what << ": vm " << v << " block " << bm.name;
+        // One state at a time: exactly the pages in it, in maximal runs.
+        for (int s = 0; s < 3; ++s) {
+          struct OfCtx {
+            std::vector<uint8_t> seen;
+            uint64_t page, next;
+            int state;
+            bool ok;
+          } of{std::vector<uint8_t>(bm.st.size(), 0), bm.page, 0, s, true};
+          const int rc_of = cvmstate_for_each_run(
+              vms[v], bm.name.c_str(), 0, bm.bytes(), s,
+              [](void* o, uint64_t off, uint64_t size, int state) {
+                OfCtx* c = static_cast<OfCtx*>(o);
+                if (state != c->state || size == 0 || (c->next != 0 && off <= c->next)) c->ok = false;
+                for (uint64_t p = off / c->page; p < (off + size) / c->page; ++p) c->seen[p] = 1;
+                c->next = off + size;
+                return 0;
+              },
+              &of);
+          ASSERT_EQ(rc_of, 0) << what << ": " << cvmstate_last_error();
+          ASSERT_TRUE(of.ok) << what << ": runs of state " << s << " not ascending, maximal and in it";
+          for (size_t p = 0; p < bm.st.size(); ++p) {
+            ASSERT_EQ(of.seen[p], bm.st[p] == s ? 1 : 0) << what << ": state " << s << " page " << p;
+          }
+        }
       }
       for (const Live& l : live[v]) {
         const ListenerModel& m = *l.model;

@@ -118,6 +118,15 @@ void RunSequence(uint64_t seed, unsigned shift, uint64_t pages, int steps, Shape
     for (const Run& r : ModelRuns(model, sa, sb))
       if (r.state == want_state) model_of.push_back(r);
     ASSERT_TRUE(SameRuns(of, model_of)) << "seed " << seed << " ForEachRunOf";
+    // A fn returning false stops the walk there, from any kind of entry.
+    const size_t stop_at = 1 + rng() % (model_of.size() + 1);
+    std::vector<cvmstate::Run> head;
+    map.ForEachRunOf(want_state, sa, sb, [&](uint64_t x, uint64_t y) {
+      head.push_back({x, y, want_state});
+      return head.size() < stop_at;
+    });
+    model_of.resize(std::min(stop_at, model_of.size()));
+    ASSERT_TRUE(SameRuns(head, model_of)) << "seed " << seed << " ForEachRunOf stopping after " << stop_at;
     uint64_t p = rng() % pages;
     ASSERT_EQ(static_cast<uint8_t>(map.Get(p)), model[p]);
     RunMap::Shape shape = map.GetShape();
