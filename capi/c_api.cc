@@ -568,7 +568,7 @@ int cvmstate_for_each_run(const cvmstate_vm* vm, const char* block, uint64_t off
       stopped = fn(opaque, a, e - a, static_cast<int>(r.state));
       return stopped == 0;
     };
-    // One state: walk its runs only, not every run of the range.
+    // One state: skip the others' runs without a step each.
     if (state == -1) {
       b->ForEachRun(first, last - first, report);
     } else {

@@ -93,8 +93,8 @@ class BlockTracker {
   }
   template <typename Fn>
   void ForEachRun(Fn&& fn) const { ForEachRun(0, size_, static_cast<Fn&&>(fn)); }
-  // The same for the runs in state s only, which costs those runs rather
-  // than every run (RunMap::ForEachRunOf); fn returns false to stop.
+  // The same for the runs in state s only, skipping the others without a
+  // step each (RunMap::ForEachRunOf); fn returns false to stop.
   template <typename Fn>
   void ForEachRunOf(PageState s, uint64_t offset, uint64_t size, Fn&& fn) const {
     const unsigned sh = page_shift_;

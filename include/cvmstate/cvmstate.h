@@ -119,9 +119,9 @@ typedef int (*cvmstate_run_fn)(void* opaque, uint64_t offset, uint64_t size, int
 /* Calls fn for each maximal run intersecting [offset, offset+size) of block,
  * ascending, each clipped exactly to [offset, offset+size) (bounds need not
  * be page aligned: the first and last runs may start or end inside a page);
- * only runs in `state` unless state is -1. With a state, the walk costs
- * that state's runs plus a byte per run of the range, not a step per run.
- * size 0 reports nothing. Returns 0, or fn's non-zero value if it stopped,
+ * only runs in `state` unless state is -1. With a state, the other states'
+ * runs are skipped without a step each (their state bytes are compared 64
+ * at a time). size 0 reports nothing. Returns 0, or fn's non-zero value if it stopped,
  * or -ENOENT / -EINVAL (the range not inside the block). */
 CVMSTATE_API int cvmstate_for_each_run(const cvmstate_vm* vm, const char* block, uint64_t offset, uint64_t size,
                                        int state, cvmstate_run_fn fn, void* opaque);
@@ -279,9 +279,11 @@ CVMSTATE_API int cvmstate_register_discard_listener_v1(cvmstate_vm* vm, const ch
  * (CVMSTATE_SHARED or CVMSTATE_PRIVATE). Runs are maximal, clipped to the
  * section, ascending. The state does not change. If a populate or set_private
  * refuses, the replay stops there and its code is returned (the runs
- * already told stay told: the listener asked for them). Costs the runs
- * in `state`, as registering costs the runs the listener sees. -ENOENT for a
- * handle that is not a live listener of vm, -EINVAL for a state. */
+ * already told stay told: the listener asked for them). Other states'
+ * runs are skipped as in cvmstate_for_each_run, and registering a DMA or
+ * attribute listener skips all but the shared or private runs the same
+ * way. -ENOENT for a handle that is not a live listener of vm, -EINVAL for
+ * a state. */
 CVMSTATE_API int cvmstate_listener_replay(cvmstate_vm* vm, cvmstate_listener* listener, int state);
 
 /* ---- Persistent store ---------------------------------------------------- */
