@@ -61,31 +61,25 @@ class BitmapImpl final : public TrackerImpl {
     const Block& b = blocks_[bi];
     const uint64_t* w = b.words.data();
     const uint64_t nw = b.words.size(), pages = b.pages;
-    // As cvmstate's: a local buffer and count, which no store can alias.
-    PageSpan runs[RunBatcher::kRuns];
-    size_t n = 0;
-    uint64_t p = 0;
-    while (p < pages) {
-      // Find the next shared page: a group with both bits clear.
-      uint64_t wi = p >> 5;
-      uint64_t x = w[wi];
-      uint64_t shared = ~(x | (x >> 1)) & kLo & (~uint64_t{0} << (2 * (p & 31)));
-      while (shared == 0 && ++wi < nw) {
-        x = w[wi];
-        shared = ~(x | (x >> 1)) & kLo;
+    HandOverRuns(sink, ctx, [&](auto&& add) {
+      uint64_t p = 0;
+      while (p < pages) {
+        // Find the next shared page: a group with both bits clear.
+        uint64_t wi = p >> 5;
+        uint64_t x = w[wi];
+        uint64_t shared = ~(x | (x >> 1)) & kLo & (~uint64_t{0} << (2 * (p & 31)));
+        while (shared == 0 && ++wi < nw) {
+          x = w[wi];
+          shared = ~(x | (x >> 1)) & kLo;
+        }
+        if (shared == 0) break;
+        uint64_t start = (wi << 5) + (std::countr_zero(shared) >> 1);
+        if (start >= pages) break;
+        uint64_t end = NextNot(b, start + 1, 0);
+        add(start, end);
+        p = end;
       }
-      if (shared == 0) break;
-      uint64_t start = (wi << 5) + (std::countr_zero(shared) >> 1);
-      if (start >= pages) break;
-      uint64_t end = NextNot(b, start + 1, 0);
-      runs[n++] = PageSpan{start, end};
-      if (n == RunBatcher::kRuns) {
-        sink(ctx, runs, n);
-        n = 0;
-      }
-      p = end;
-    }
-    if (n != 0) sink(ctx, runs, n);
+    });
   }
 
  private:

@@ -38,11 +38,11 @@ class IclImpl final : public TrackerImpl {
     }
   }
   void ForEachSharedRun(size_t bi, RunBatchSink sink, void* ctx) const override {
-    RunBatcher out(sink, ctx);
-    for (const auto& seg : maps_[bi]) {
-      if (seg.second == 1) out.Add(boost::icl::first(seg.first), boost::icl::last(seg.first) + 1);
-    }
-    out.Flush();
+    HandOverRuns(sink, ctx, [&](auto&& add) {
+      for (const auto& seg : maps_[bi]) {
+        if (seg.second == 1) add(boost::icl::first(seg.first), boost::icl::last(seg.first) + 1);
+      }
+    });
   }
 
  private:

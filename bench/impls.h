@@ -28,27 +28,24 @@ struct PageSpan {
 // the scan is not priced by one indirect call per run.
 using RunBatchSink = void (*)(void* ctx, const PageSpan* runs, size_t n);
 
-// Fills a buffer of runs for a RunBatchSink and hands it over when full.
-// Call Flush() when the scan ends.
-class RunBatcher {
- public:
-  static constexpr size_t kRuns = 256;
-  RunBatcher(RunBatchSink sink, void* ctx) : sink_(sink), ctx_(ctx) {}
-  void Add(uint64_t begin, uint64_t end) {
-    runs_[n_++] = PageSpan{begin, end};
-    if (n_ == kRuns) Flush();
-  }
-  void Flush() {
-    if (n_ != 0) sink_(ctx_, runs_, n_);
-    n_ = 0;
-  }
-
- private:
-  RunBatchSink sink_;
-  void* ctx_;
-  uint32_t n_ = 0;  // not uint64_t, so that storing a run cannot alias it
-  PageSpan runs_[kRuns];
-};
+// Calls walk(add), where add(begin, end) gathers a run, and hands the
+// runs to sink 256 at a time and once more at the end. The buffer and its
+// count are locals of one inlined frame, so the count stays in a register
+// and a stored run cannot alias it.
+template <typename Walk>
+inline void HandOverRuns(RunBatchSink sink, void* ctx, Walk&& walk) {
+  constexpr size_t kRuns = 256;
+  PageSpan runs[kRuns];
+  size_t n = 0;
+  walk([&](uint64_t begin, uint64_t end) {
+    runs[n++] = PageSpan{begin, end};
+    if (n == kRuns) {
+      sink(ctx, runs, n);
+      n = 0;
+    }
+  });
+  if (n != 0) sink(ctx, runs, n);
+}
 
 // One small interface for all implementations. Blocks are numbered in the
 // order they were added; callers validate ranges before calling.

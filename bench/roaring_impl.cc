@@ -98,18 +98,18 @@ class RoaringImpl final : public TrackerImpl {
   }
   void ForEachSharedRun(size_t bi, RunBatchSink sink, void* ctx) const override {
     const Block& b = blocks_[bi];
-    RunBatcher out(sink, ctx);
-    if (b.def != PageState::kShared) {
-      Coalescer c;
-      roaring_iterate(b.bm[b.st[0] == PageState::kShared ? 0 : 1], &Coalescer::Add, &c);
-      for (auto& r : c.runs) out.Add(r.first, r.second);
-      out.Flush();
-      return;
-    }
-    ForEachRun(bi, [](void* p, uint64_t a, uint64_t e, PageState s) {
-      if (s == PageState::kShared) static_cast<RunBatcher*>(p)->Add(a, e);
-    }, &out);
-    out.Flush();
+    HandOverRuns(sink, ctx, [&](auto&& add) {
+      if (b.def != PageState::kShared) {
+        Coalescer c;
+        roaring_iterate(b.bm[b.st[0] == PageState::kShared ? 0 : 1], &Coalescer::Add, &c);
+        for (auto& r : c.runs) add(r.first, r.second);
+        return;
+      }
+      using Add = std::remove_reference_t<decltype(add)>;
+      ForEachRun(bi, [](void* p, uint64_t a, uint64_t e, PageState s) {
+        if (s == PageState::kShared) (*static_cast<Add*>(p))(a, e);
+      }, &add);
+    });
   }
   void Finish() override {
     for (Block& b : blocks_) {

@@ -27,18 +27,7 @@ class RunMapImpl final : public TrackerImpl {
   }
   void ForEachSharedRun(size_t b, RunBatchSink sink, void* ctx) const override {
     const RunMap& m = *maps_[b];
-    // The count is a local whose address never escapes, so it stays in a
-    // register; the buffer is the only memory the scan writes.
-    PageSpan runs[RunBatcher::kRuns];
-    size_t n = 0;
-    m.ForEachRunOf(PageState::kShared, 0, m.pages(), [&](uint64_t a, uint64_t e) {
-      runs[n++] = PageSpan{a, e};
-      if (n == RunBatcher::kRuns) {
-        sink(ctx, runs, n);
-        n = 0;
-      }
-    });
-    if (n != 0) sink(ctx, runs, n);
+    HandOverRuns(sink, ctx, [&](auto&& add) { m.ForEachRunOf(PageState::kShared, 0, m.pages(), add); });
   }
 
  private:
