@@ -262,9 +262,13 @@ Result<BenchReport> RunBench(const ParsedTrace& trace, int repeat) {
         count = Count{};
         for (size_t b = 0; b < trace.blocks.size(); ++b) {
           impl->ForEachSharedRun(b, [](void* p, const PageSpan* runs, size_t n) {
+            // Summed in a local: a store to *c could alias runs[], and
+            // would be repeated a run.
+            uint64_t pages = 0;
+            for (size_t i = 0; i < n; ++i) pages += runs[i].end - runs[i].begin;
             auto* c = static_cast<Count*>(p);
             c->runs += n;
-            for (size_t i = 0; i < n; ++i) c->pages += runs[i].end - runs[i].begin;
+            c->pages += pages;
           }, &count);
         }
         ++scans;

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "tracker/page_state.h"
+#include "tracker/run_map.h"
 #include "tracker/status.h"
 
 namespace cvmstate::bench {
@@ -18,11 +19,9 @@ namespace cvmstate::bench {
 // Receives runs [begin, end) of pages in `state`.
 using RunSink = void (*)(void* ctx, uint64_t begin, uint64_t end, PageState state);
 
-// Pages [begin, end).
-struct PageSpan {
-  uint64_t begin;
-  uint64_t end;
-};
+// Pages [begin, end): the run map's own batch element, so that its
+// batches go to a sink uncopied.
+using PageSpan = PageRange;
 // Receives n runs, ascending: how a destination takes shared runs to map
 // them, a buffer at a time (the way iovecs or KVM's range calls batch), so
 // the scan is not priced by one indirect call per run.

@@ -27,7 +27,7 @@ class RunMapImpl final : public TrackerImpl {
   }
   void ForEachSharedRun(size_t b, RunBatchSink sink, void* ctx) const override {
     const RunMap& m = *maps_[b];
-    HandOverRuns(sink, ctx, [&](auto&& add) { m.ForEachRunOf(PageState::kShared, 0, m.pages(), add); });
+    m.ForEachRunBatchOf(PageState::kShared, 0, m.pages(), [&](const PageRange* runs, size_t n) { sink(ctx, runs, n); });
   }
 
  private:

@@ -578,6 +578,49 @@ int cvmstate_for_each_run(const cvmstate_vm* vm, const char* block, uint64_t off
   });
 }
 
+int cvmstate_get_runs(const cvmstate_vm* vm, const char* block, uint64_t offset, uint64_t size, int state,
+                      cvmstate_range* runs, size_t capacity, size_t* count) {
+  return Guard([&] {
+    if (count != nullptr) *count = 0;
+    int err = 0;
+    const cvmstate::BlockTracker* b = FindBlock(vm, block, &err);
+    if (b == nullptr) return err;
+    if (runs == nullptr) return NullArgument("runs");
+    if (count == nullptr) return NullArgument("count");
+    if (!ValidState(state)) return Fail(-EINVAL, "invalid state " + std::to_string(state));
+    if (capacity == 0) return Fail(-EINVAL, "capacity 0: room for no run");
+    if (offset > b->size() || size > b->size() - offset) {
+      return Fail(-EINVAL, "range [" + cvmstate::Hex(offset) + ", +" + cvmstate::Hex(size) +
+                               ") is not inside block " + cvmstate::Quoted(b->name()) + " (size " +
+                               cvmstate::Hex(b->size()) + ")");
+    }
+    if (size == 0) return 0;
+    // The pages holding [offset, end), each run then clipped to exactly it.
+    const unsigned sh = b->page_shift();
+    const uint64_t end = offset + size;
+    const uint64_t first = offset >> sh, last = ((end - 1) >> sh) + 1;
+    size_t n = 0;
+    int more = 0;
+    b->map().ForEachRunBatchOf(static_cast<cvmstate::PageState>(state), first, last,
+                               [&](const cvmstate::PageRange* r, size_t k) {
+                                 // A batch that does not fit: the runs left over are
+                                 // proof that more remain.
+                                 if (k > capacity - n) {
+                                   more = 1;
+                                   k = capacity - n;
+                                 }
+                                 for (size_t i = 0; i < k; ++i) {
+                                   const uint64_t a = std::max(r[i].begin << sh, offset);
+                                   const uint64_t e = std::min(r[i].end << sh, end);
+                                   runs[n++] = cvmstate_range{a, e - a};
+                                 }
+                                 return more == 0;
+                               });
+    *count = n;
+    return more;
+  });
+}
+
 int cvmstate_vm_digest(const cvmstate_vm* vm, uint64_t* digest) {
   return Guard([&] {
     if (vm == nullptr) return NullArgument("vm");

@@ -17,12 +17,9 @@
 #include <cstdint>
 #include <vector>
 
-namespace cvmstate {
+#include "tracker/page_range.h"
 
-struct PageRange {
-  uint64_t begin;  // first page
-  uint64_t end;    // one past the last
-};
+namespace cvmstate {
 
 class ChangeJournal {
  public:

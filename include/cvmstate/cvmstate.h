@@ -31,7 +31,8 @@
  * Versions: 0.1 is the v0 API; 0.2 adds the v1 calls (marked "v1" below),
  * every v0 call unchanged in source and binary; 0.3 adds the discard
  * listener (cvmstate_register_discard_listener_v1) and
- * cvmstate_source_end_sent. Structs that may grow
+ * cvmstate_source_end_sent; 0.4 redefines the value of cvmstate_vm_digest;
+ * 0.5 adds cvmstate_get_runs. Structs that may grow
  * carry a leading struct_size the caller sets to sizeof (the _v1 structs,
  * cvmstate_block_info): the library reads or writes only that many bytes,
  * and refuses (-EINVAL) a size below the first version's, or a larger
@@ -61,7 +62,7 @@ extern "C" {
 #endif
 
 #define CVMSTATE_VERSION_MAJOR 0
-#define CVMSTATE_VERSION_MINOR 4
+#define CVMSTATE_VERSION_MINOR 5
 #define CVMSTATE_VERSION_PATCH 0
 #define CVMSTATE_VERSION ((CVMSTATE_VERSION_MAJOR << 16) | (CVMSTATE_VERSION_MINOR << 8) | CVMSTATE_VERSION_PATCH)
 
@@ -125,6 +126,27 @@ typedef int (*cvmstate_run_fn)(void* opaque, uint64_t offset, uint64_t size, int
  * or -ENOENT / -EINVAL (the range not inside the block). */
 CVMSTATE_API int cvmstate_for_each_run(const cvmstate_vm* vm, const char* block, uint64_t offset, uint64_t size,
                                        int state, cvmstate_run_fn fn, void* opaque);
+
+/* 0.5. Bytes [offset, offset+size) of a block. */
+typedef struct cvmstate_range {
+  uint64_t offset;
+  uint64_t size;
+} cvmstate_range;
+
+/* 0.5. The runs cvmstate_for_each_run reports for one state (0..2), written
+ * to runs[0 .. *count) instead of a call each: what a destination hands
+ * to VFIO_IOMMU_MAP_DMA or KVM_SET_MEMORY_ATTRIBUTES a buffer at a time.
+ * At most `capacity` runs (>= 1). Returns 0 when these are all of them, 1
+ * when more remain: call again from the end of the last one written
+ * (offset = runs[*count-1].offset + runs[*count-1].size, size shortened to
+ * keep the same end); that run was maximal, so the next call starts with
+ * the next run, never a piece of it. Cheaper per run than
+ * cvmstate_for_each_run: on CPUs with AVX-512 a chunk's runs of the state
+ * are gathered 32 at a time. On an error *count is 0 and runs is left as
+ * it was. -ENOENT, -EINVAL (state not 0..2, capacity 0, the range not
+ * inside the block, runs or count NULL). */
+CVMSTATE_API int cvmstate_get_runs(const cvmstate_vm* vm, const char* block, uint64_t offset, uint64_t size,
+                                   int state, cvmstate_range* runs, size_t capacity, size_t* count);
 
 /* A 64-bit digest of the whole state: equal digests, equal states. Its
  * definition is docs/stream-format.md section 4 since 0.4 (stream format 2:

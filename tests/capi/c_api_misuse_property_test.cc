@@ -452,6 +452,55 @@ struct Harness {
     ASSERT_EQ(ctx.got, want) << what;
   }
 
+  // cvmstate_get_runs over the same kind of range, resumed a buffer at a
+  // time until it says no more remain: exactly for_each_run's runs of the
+  // state, whatever the buffer's size.
+  void GetRuns(int v) {
+    const BlockModel& bm = blocks[v][R(blocks[v].size())];
+    uint64_t off = R(bm.bytes() + 1), size = R(bm.bytes() - off + 1);
+    if (P(5)) size = bm.bytes() - off + 1 + R(100);  // past the end
+    const int state = P(10) ? (P(50) ? -1 : 3) : static_cast<int>(R(3));
+    const size_t capacity = P(5) ? 0 : 1 + R(P(50) ? 3 : 300);
+    const std::string what = "get_runs " + bm.name + " " + std::to_string(off) + "+" + std::to_string(size) +
+                             " state " + std::to_string(state) + " capacity " + std::to_string(capacity);
+    std::vector<cvmstate_range> buf(capacity + 1, cvmstate_range{7, 7});
+    size_t n = 99;
+    int rc = cvmstate_get_runs(vms[v], bm.name.c_str(), off, size, state, buf.data(), capacity, &n);
+    if (off > bm.bytes() || size > bm.bytes() - off || state < 0 || state > 2 || capacity == 0) {
+      ASSERT_EQ(rc, -EINVAL) << what;
+      ASSERT_EQ(n, 0u) << what;
+      ExpectMessage(rc);
+      for (const cvmstate_range& r : buf) ASSERT_TRUE(r.offset == 7 && r.size == 7) << what << ": wrote on error";
+      return;
+    }
+    std::vector<std::vector<uint64_t>> want, got;
+    const uint64_t end = off + size;
+    for (uint64_t a = off; a < end;) {
+      const uint8_t s = bm.st[a / bm.page];
+      uint64_t b = (a / bm.page + 1) * bm.page;
+      while (b < end && bm.st[b / bm.page] == s) b += bm.page;
+      b = std::min(b, end);
+      if (s == state) want.push_back({a, b - a, s});
+      a = b;
+    }
+    for (int calls = 0;; ++calls) {
+      ASSERT_TRUE(rc == 0 || rc == 1) << what << ": " << rc << " " << cvmstate_last_error();
+      ASSERT_LE(n, capacity) << what;
+      ASSERT_TRUE(buf[capacity].offset == 7 && buf[capacity].size == 7) << what << ": wrote past capacity";
+      // More remain only with the buffer full.
+      if (rc == 1) {
+        ASSERT_EQ(n, capacity) << what;
+      }
+      for (size_t i = 0; i < n; ++i) got.push_back({buf[i].offset, buf[i].size, static_cast<uint64_t>(state)});
+      if (rc == 0) break;
+      ASSERT_LT(got.size(), want.size()) << what << ": says more remain after the last run";
+      ASSERT_LE(calls, static_cast<int>(want.size())) << what << ": does not end";
+      const uint64_t next = buf[n - 1].offset + buf[n - 1].size;
+      rc = cvmstate_get_runs(vms[v], bm.name.c_str(), next, end - next, state, buf.data(), capacity, &n);
+    }
+    ASSERT_EQ(got, want) << what;
+  }
+
   void Misc(int v) {
     const BlockModel& bm = blocks[v][R(blocks[v].size())];
     const int k = static_cast<int>(R(8));
@@ -541,8 +590,10 @@ struct Harness {
         Register(v);
       else if (k < 75)
         Unregister(v);
-      else if (k < 90)
+      else if (k < 84)
         ForEachRun(v);
+      else if (k < 90)
+        GetRuns(v);
       else
         Misc(v);
     }

@@ -10,8 +10,10 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <random>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "c_api_test_helpers.h"
@@ -500,6 +502,64 @@ TEST(CApiV1Test, RangeStateIsOneStateOrMixed) {
   EXPECT_EQ(cvmstate_range_state(v.vm, "ram", 0, 1, nullptr), -EINVAL);
 }
 
+// A guest's shared runs taken a buffer at a time: the same runs as
+// cvmstate_for_each_run, whatever the buffer's size, across chunks (a
+// run spanning two is one run), in lists of many runs and in dense chunks.
+TEST(CApiV1Test, GetRunsFillsBuffersWithOneStatesRuns) {
+  Vm v;
+  const uint64_t page = 4096, pages = uint64_t{3} << 16;  // three chunks
+  ASSERT_EQ(cvmstate_vm_add_block(v.vm, "ram", pages * page, page, CVMSTATE_PRIVATE), 0);
+  std::mt19937_64 rng(5);
+  // Chunk 0: a list of a few hundred runs in all three states; chunk 1: a
+  // shared run across its start, then single shared pages every other page
+  // (dense); chunk 2: one long shared run.
+  for (int i = 0; i < 300; ++i) {
+    const uint64_t at = rng() % 60000, len = 1 + rng() % 40;
+    ASSERT_EQ(cvmstate_convert(v.vm, "ram", at * page, len * page, static_cast<int>(rng() % 3)), 0);
+  }
+  ASSERT_EQ(cvmstate_convert(v.vm, "ram", (65536 - 10) * page, 20 * page, CVMSTATE_SHARED), 0);
+  for (uint64_t p = 65536 + 100; p < 65536 + 6000; p += 2)
+    ASSERT_EQ(cvmstate_convert(v.vm, "ram", p * page, page, CVMSTATE_SHARED), 0);
+  ASSERT_EQ(cvmstate_convert(v.vm, "ram", 2 * 65536 * page, 30000 * page, CVMSTATE_SHARED), 0);
+
+  for (int state = 0; state < 3; ++state) {
+    std::vector<std::pair<uint64_t, uint64_t>> want;
+    auto add = [](void* o, uint64_t off, uint64_t size, int) {
+      static_cast<std::vector<std::pair<uint64_t, uint64_t>>*>(o)->emplace_back(off, size);
+      return 0;
+    };
+    // Bounds inside pages: the first and last runs are clipped to them.
+    const uint64_t off = 12345, end = pages * page - 777;
+    ASSERT_EQ(cvmstate_for_each_run(v.vm, "ram", off, end - off, state, add, &want), 0);
+    ASSERT_GT(want.size(), state == CVMSTATE_SHARED ? 3000u : 50u);
+    for (size_t capacity : {size_t{1}, size_t{7}, size_t{256}, size_t{100000}}) {
+      std::vector<cvmstate_range> buf(capacity);
+      std::vector<std::pair<uint64_t, uint64_t>> got;
+      uint64_t at = off;
+      int rc = 0, calls = 0;
+      do {
+        size_t n = 0;
+        rc = cvmstate_get_runs(v.vm, "ram", at, end - at, state, buf.data(), capacity, &n);
+        ASSERT_GE(rc, 0) << cvmstate_last_error();
+        for (size_t i = 0; i < n; ++i) got.emplace_back(buf[i].offset, buf[i].size);
+        if (n != 0) at = buf[n - 1].offset + buf[n - 1].size;
+        ++calls;
+      } while (rc == 1);
+      EXPECT_EQ(got, want) << "state " << state << " capacity " << capacity;
+      EXPECT_EQ(calls, static_cast<int>((want.size() + capacity - 1) / capacity)) << "capacity " << capacity;
+    }
+  }
+  size_t n = 5;
+  cvmstate_range r{};
+  EXPECT_EQ(cvmstate_get_runs(v.vm, "ram", 0, page, -1, &r, 1, &n), -EINVAL) << "one state only";
+  EXPECT_EQ(n, 0u);
+  EXPECT_EQ(cvmstate_get_runs(v.vm, "ram", 0, page, 0, &r, 0, &n), -EINVAL) << "no room";
+  EXPECT_EQ(cvmstate_get_runs(v.vm, "ram", 0, pages * page + 1, 0, &r, 1, &n), -EINVAL);
+  EXPECT_EQ(cvmstate_get_runs(v.vm, "nope", 0, page, 0, &r, 1, &n), -ENOENT);
+  EXPECT_EQ(cvmstate_get_runs(v.vm, "ram", page, 0, 0, &r, 1, &n), 0) << "size 0: nothing";
+  EXPECT_EQ(n, 0u);
+}
+
 // Records every callback of the listeners it serves, in order.
 struct Log {
   std::vector<std::string> calls;
@@ -703,6 +763,12 @@ TEST(CApiV1Test, EveryNullArgumentOfTheV1CallsIsInvalid) {
   ExpectNull(cvmstate_range_state(nullptr, "ram", 0, 1, &state), "vm");
   ExpectNull(cvmstate_range_state(v.vm, nullptr, 0, 1, &state), "block");
   ExpectNull(cvmstate_range_state(v.vm, "ram", 0, 1, nullptr), "state");
+  cvmstate_range range{};
+  size_t n = 0;
+  ExpectNull(cvmstate_get_runs(nullptr, "ram", 0, 1, 0, &range, 1, &n), "vm");
+  ExpectNull(cvmstate_get_runs(v.vm, nullptr, 0, 1, 0, &range, 1, &n), "block");
+  ExpectNull(cvmstate_get_runs(v.vm, "ram", 0, 1, 0, nullptr, 1, &n), "runs");
+  ExpectNull(cvmstate_get_runs(v.vm, "ram", 0, 1, 0, &range, 1, nullptr), "count");
   ExpectNull(cvmstate_listener_replay(nullptr, nullptr, 0), "vm");
   ExpectNull(cvmstate_listener_replay(v.vm, nullptr, 0), "listener");
   cvmstate_listener* l = nullptr;

@@ -3,11 +3,18 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <map>
 #include <random>
 #include <vector>
 
 namespace cvmstate {
+
+// Reaches the two ways a batch walk expands a list's runs.
+struct RunMapTestPeer {
+  static RunMap::ExpandRunsFn Expand(bool simd) { return RunMap::ExpandRuns(simd); }
+};
+
 namespace {
 
 using Model = std::vector<uint8_t>;
@@ -29,6 +36,19 @@ std::vector<Run> MapRuns(const RunMap& map, uint64_t begin, uint64_t end) {
   map.ForEachRun(begin, end, [&](const Run& r) {
     runs.push_back(r);
     return true;
+  });
+  return runs;
+}
+
+// The runs of s in [begin, end) through ForEachRunBatchOf, checking that
+// every batch holds 1 to kRunBatch runs.
+std::vector<Run> BatchRunsOf(const RunMap& map, PageState s, uint64_t begin, uint64_t end, size_t stop_after = SIZE_MAX) {
+  std::vector<Run> runs;
+  map.ForEachRunBatchOf(s, begin, end, [&](const PageRange* r, size_t n) {
+    EXPECT_GE(n, 1u);
+    EXPECT_LE(n, RunMap::kRunBatch);
+    for (size_t i = 0; i < n; ++i) runs.push_back({r[i].begin, r[i].end, s});
+    return runs.size() < stop_after;
   });
   return runs;
 }
@@ -125,6 +145,14 @@ void RunSequence(uint64_t seed, unsigned shift, uint64_t pages, int steps, Shape
       head.push_back({x, y, want_state});
       return head.size() < stop_at;
     });
+    ASSERT_TRUE(SameRuns(BatchRunsOf(map, want_state, sa, sb), model_of)) << "seed " << seed << " batches";
+    // A batch fn returning false stops the walk: no batch after it.
+    const std::vector<Run> batched_head = BatchRunsOf(map, want_state, sa, sb, stop_at);
+    ASSERT_LE(batched_head.size(), model_of.size());
+    ASSERT_TRUE(SameRuns(batched_head, std::vector<Run>(model_of.begin(), model_of.begin() + batched_head.size())));
+    if (batched_head.size() < model_of.size()) {
+      ASSERT_GE(batched_head.size(), stop_at) << "seed " << seed;
+    }
     model_of.resize(std::min(stop_at, model_of.size()));
     ASSERT_TRUE(SameRuns(head, model_of)) << "seed " << seed << " ForEachRunOf stopping after " << stop_at;
     uint64_t p = rng() % pages;
@@ -193,9 +221,45 @@ TEST(RunMapTest, LongListsKeepEveryStateAgainstModel) {
         for (const cvmstate::Run& r : ModelRuns(model, 0, pages))
           if (r.state == s) want.push_back(r);
         ASSERT_TRUE(SameRuns(of, want)) << "seed " << seed << " step " << step;
+        ASSERT_TRUE(SameRuns(BatchRunsOf(map, s, 0, pages), want)) << "seed " << seed << " step " << step;
       }
     }
     EXPECT_GE(map.GetShape().list + map.GetShape().dense, 1u);
+  }
+}
+
+// Both ways of expanding a list's runs of a state (AVX-512 where this CPU
+// has it, and one at a time) write exactly the runs a mask names, and
+// nothing past them, for every count from 1 to 64 and lists ending right
+// after the last run read.
+TEST(RunMapTest, ExpandRunsWritesExactlyTheMaskedRuns) {
+  std::mt19937_64 rng(77);
+  for (bool simd : {true, false}) {
+    const auto expand = RunMapTestPeer::Expand(simd);
+    for (int iter = 0; iter < 3000; ++iter) {
+      // A list of n runs; the mask covers runs [0, 64) of it, and never the
+      // last one (whose end is the chunk's), as in a walk.
+      const uint32_t n = 2 + static_cast<uint32_t>(rng() % 64);
+      std::vector<uint16_t> st(n);  // exactly n: reading past them is a bug
+      uint16_t at = 0;
+      for (uint32_t i = 0; i < n; ++i) st[i] = at, at = static_cast<uint16_t>(at + 1 + rng() % 900);
+      uint64_t mask = iter % 7 == 0 ? ~uint64_t{0} : rng() & rng();
+      if (iter % 11 == 0) mask = uint64_t{1} << (rng() % 64);
+      mask &= n - 1 >= 64 ? ~uint64_t{0} : (uint64_t{1} << (n - 1)) - 1;
+      if (mask == 0) mask = 1;
+      const uint64_t eb = (rng() % (uint64_t{1} << 40)) << 16;
+      std::vector<PageRange> want;
+      for (uint32_t r = 0; r < 64; ++r)
+        if ((mask >> r) & 1) want.push_back({eb + st[r], eb + st[r + 1]});
+      std::vector<PageRange> out(80, PageRange{~uint64_t{0}, ~uint64_t{0}});
+      const size_t got = expand(st.data(), mask, eb, out.data());
+      ASSERT_EQ(got, want.size()) << "simd " << simd << " iter " << iter;
+      for (size_t i = 0; i < got; ++i) {
+        ASSERT_EQ(out[i].begin, want[i].begin) << "simd " << simd << " iter " << iter << " run " << i;
+        ASSERT_EQ(out[i].end, want[i].end) << "simd " << simd << " iter " << iter << " run " << i;
+      }
+      for (size_t i = got; i < out.size(); ++i) ASSERT_EQ(out[i].begin, ~uint64_t{0}) << "wrote past the runs";
+    }
   }
 }
 
@@ -389,6 +453,7 @@ TEST(RunMapTest, SparseDirectoryOfManySegmentsAgainstModel) {
     for (const cvmstate::Run& r : want)
       if (r.state == PageState::kShared) want_of.push_back(r);
     ASSERT_TRUE(SameRuns(of, want_of)) << "order " << order;
+    ASSERT_TRUE(SameRuns(BatchRunsOf(map, PageState::kShared, 0, pages), want_of)) << "order " << order;
     // One conversion over everything folds it back to one entry.
     map.Assign(0, pages, PageState::kPrivate);
     EXPECT_EQ(map.GetShape().entries, 1u);

@@ -32,6 +32,13 @@ pub struct cvmstate_destination {
 pub type cvmstate_run_fn = unsafe extern "C" fn(opaque: *mut c_void, offset: u64, size: u64, state: c_int) -> c_int;
 
 #[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct cvmstate_range {
+    pub offset: u64,
+    pub size: u64,
+}
+
+#[repr(C)]
 pub struct cvmstate_block_info {
     pub struct_size: usize,
     pub name: *const c_char,
@@ -90,6 +97,16 @@ extern "C" {
         state: c_int,
         f: cvmstate_run_fn,
         opaque: *mut c_void,
+    ) -> c_int;
+    pub fn cvmstate_get_runs(
+        vm: *const cvmstate_vm,
+        block: *const c_char,
+        offset: u64,
+        size: u64,
+        state: c_int,
+        runs: *mut cvmstate_range,
+        capacity: usize,
+        count: *mut usize,
     ) -> c_int;
     pub fn cvmstate_vm_digest(vm: *const cvmstate_vm, digest: *mut u64) -> c_int;
     pub fn cvmstate_range_state(

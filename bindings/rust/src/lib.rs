@@ -30,7 +30,7 @@ pub use error::{Error, Result};
 pub use listener::{AttrListener, DiscardListener, DmaListener, ListenerId};
 pub use migration::{Canceller, Destination, Source, Step};
 pub use store::Store;
-pub use vm::{BlockInfo, PageState, RangeState, Run, Vm};
+pub use vm::{BlockInfo, PageState, Range, RangeState, Run, Vm};
 
 /// The library's version at run time: (major, minor, patch).
 pub fn version() -> (u32, u32, u32) {

@@ -50,6 +50,15 @@ pub struct Run {
     pub state: PageState,
 }
 
+/// Bytes `[offset, offset+size)` of a block: a run of the state
+/// [`Vm::get_runs`] was asked for. Laid out as the C `cvmstate_range`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Range {
+    pub offset: u64,
+    pub size: u64,
+}
+
 /// A RAM block and its bytes in each state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlockInfo {
@@ -220,6 +229,42 @@ impl Vm {
             true
         })?;
         Ok(out)
+    }
+
+    /// Writes the runs of `state` intersecting `[offset, offset+size)` of
+    /// `block` (clipped to it, ascending) into `buf`, as many as fit, and
+    /// returns how many it wrote and whether more remain: then call again
+    /// from the end of the last one written (it was maximal, so the next
+    /// call starts with the next run). Cheaper per run than
+    /// [`Vm::for_each_run`]: no call a run. An empty `buf` is EINVAL.
+    pub fn get_runs(
+        &self,
+        block: &str,
+        offset: u64,
+        size: u64,
+        state: PageState,
+        buf: &mut [Range],
+    ) -> Result<(usize, bool)> {
+        let _busy = self.enter()?;
+        let block = c_string("block name", block)?;
+        let mut n = 0usize;
+        // SAFETY: raw is live; buf holds buf.len() writable ranges, each
+        // laid out as a cvmstate_range (repr(C), the same two u64s); n
+        // outlives the call.
+        let rc = unsafe {
+            ffi::cvmstate_get_runs(
+                self.raw,
+                block.as_ptr(),
+                offset,
+                size,
+                state.to_c(),
+                buf.as_mut_ptr() as *mut ffi::cvmstate_range,
+                buf.len(),
+                &mut n,
+            )
+        };
+        let more = check(rc)? == 1;
+        Ok((n, more))
     }
 
     /// The one state of every page holding a byte of the range, or Mixed.

@@ -2,7 +2,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use cvmstate::{AttrListener, DiscardListener, DmaListener, PageState, RangeState, Run, Store, Vm};
+use cvmstate::{AttrListener, DiscardListener, DmaListener, PageState, Range, RangeState, Run, Store, Vm};
 
 const GIB: u64 = 1 << 30;
 const ENOSPC: i32 = 28;
@@ -198,6 +198,37 @@ fn layout_and_range_queries() {
     })
     .unwrap();
     assert_eq!(seen, 1, "stops when the closure says so");
+}
+
+#[test]
+fn get_runs_fills_a_buffer_at_a_time() {
+    let vm = Vm::new().unwrap();
+    vm.add_block("ram", GIB, 4096, PageState::Private).unwrap();
+    // 1000 shared runs of 2 pages, 4 pages apart.
+    for i in 0..1000u64 {
+        vm.convert("ram", i * 4 * 4096, 2 * 4096, PageState::Shared).unwrap();
+    }
+    let want: Vec<Range> = vm
+        .runs("ram", 0, GIB, Some(PageState::Shared))
+        .unwrap()
+        .iter()
+        .map(|r| Range { offset: r.offset, size: r.size })
+        .collect();
+    assert_eq!(want.len(), 1000);
+    let mut buf = [Range::default(); 64];
+    let (mut got, mut at, mut calls) = (Vec::new(), 0u64, 0);
+    loop {
+        let (n, more) = vm.get_runs("ram", at, GIB - at, PageState::Shared, &mut buf).unwrap();
+        got.extend_from_slice(&buf[..n]);
+        calls += 1;
+        if !more {
+            break;
+        }
+        at = buf[n - 1].offset + buf[n - 1].size;
+    }
+    assert_eq!(got, want);
+    assert_eq!(calls, (1000 + 63) / 64);
+    assert_eq!(vm.get_runs("ram", 0, GIB, PageState::Shared, &mut []).unwrap_err().errno(), 22);
 }
 
 #[test]
