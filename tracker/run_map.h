@@ -384,10 +384,9 @@ void RunMap::ForEachRunBatchOf(PageState s, uint64_t begin, uint64_t end, Fn&& f
   WalkRunsOf(s, begin, end, one, [&](const uint16_t* st, uint64_t mask, uint64_t eb) -> bool {
     // A mask holds at most 64 runs.
     if (n > kRunBatch - 64 && !flush()) return false;
-    uint64_t m4 = mask & (mask - 1);
-    m4 &= m4 - 1;
-    if (m4 == 0) {
-      // At most four runs: inline, cheaper than the call.
+    const uint64_t beyond_one = mask & (mask - 1);
+    if ((beyond_one & (beyond_one - 1)) == 0) {
+      // One or two runs: inline, cheaper than the call.
       while (mask != 0) {
         const unsigned r = static_cast<unsigned>(std::countr_zero(mask));
         mask &= mask - 1;
