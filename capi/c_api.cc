@@ -30,6 +30,7 @@
 #include "tracker/format.h"
 #include "tracker/listener.h"
 #include "tracker/names.h"
+#include "tracker/run_map.h"
 
 using cvmstate::Status;
 
@@ -601,21 +602,35 @@ int cvmstate_get_runs(const cvmstate_vm* vm, const char* block, uint64_t offset,
     const uint64_t first = offset >> sh, last = ((end - 1) >> sh) + 1;
     size_t n = 0;
     int more = 0;
-    b->map().ForEachRunBatchOf(static_cast<cvmstate::PageState>(state), first, last,
-                               [&](const cvmstate::PageRange* r, size_t k) {
-                                 // A batch that does not fit: the runs left over are
-                                 // proof that more remain.
-                                 if (k > capacity - n) {
-                                   more = 1;
-                                   k = capacity - n;
-                                 }
-                                 for (size_t i = 0; i < k; ++i) {
-                                   const uint64_t a = std::max(r[i].begin << sh, offset);
-                                   const uint64_t e = std::min(r[i].end << sh, end);
-                                   runs[n++] = cvmstate_range{a, e - a};
-                                 }
-                                 return more == 0;
-                               });
+    const auto s = static_cast<cvmstate::PageState>(state);
+    auto put = [&](uint64_t begin, uint64_t end_page) {
+      const uint64_t a = std::max(begin << sh, offset), e = std::min(end_page << sh, end);
+      runs[n++] = cvmstate_range{a, e - a};
+    };
+    if (capacity < cvmstate::RunMap::kRunBatch) {
+      // The batched walk goes a batch at a time: a small buffer would pay
+      // for a whole one. One run at a time stops at the run after the
+      // last that fits, the proof that more remain.
+      b->map().ForEachRunOf(s, first, last, [&](uint64_t a, uint64_t e) {
+        if (n == capacity) {
+          more = 1;
+          return false;
+        }
+        put(a, e);
+        return true;
+      });
+    } else {
+      b->map().ForEachRunBatchOf(s, first, last, [&](const cvmstate::PageRange* r, size_t k) {
+        // A batch that does not fit: the runs left over are proof that
+        // more remain.
+        if (k > capacity - n) {
+          more = 1;
+          k = capacity - n;
+        }
+        for (size_t i = 0; i < k; ++i) put(r[i].begin, r[i].end);
+        return more == 0;
+      });
+    }
     *count = n;
     return more;
   });

@@ -159,15 +159,17 @@ CVMSTATE_AVX512_TARGET inline void StoreEightRuns(__m128i b16, __m128i e16, __m5
   const __m512i e = _mm512_add_epi64(_mm512_maskz_cvtepu16_epi64(0xff, e16), base);
   const __m512i lo = _mm512_permutex2var_epi64(b, lo_pairs, e);
   const __m512i hi = _mm512_permutex2var_epi64(b, hi_pairs, e);
-  uint64_t* dst = reinterpret_cast<uint64_t*>(out);
+  // Four runs a vector.
+  void* const dst_lo = out;
+  void* const dst_hi = out + 4;
   if (left >= 8) {
-    _mm512_storeu_si512(dst, lo);
-    _mm512_storeu_si512(dst + 8, hi);
+    _mm512_storeu_si512(dst_lo, lo);
+    _mm512_storeu_si512(dst_hi, hi);
   } else {
     // Two 64-bit lanes a run: store exactly the runs that are left.
     const unsigned lo_runs = left < 4 ? left : 4;
-    _mm512_mask_storeu_epi64(dst, static_cast<__mmask8>((1u << (2 * lo_runs)) - 1), lo);
-    if (left > 4) _mm512_mask_storeu_epi64(dst + 8, static_cast<__mmask8>((1u << (2 * (left - 4))) - 1), hi);
+    _mm512_mask_storeu_epi64(dst_lo, static_cast<__mmask8>((1u << (2 * lo_runs)) - 1), lo);
+    if (left > 4) _mm512_mask_storeu_epi64(dst_hi, static_cast<__mmask8>((1u << (2 * (left - 4))) - 1), hi);
   }
 }
 

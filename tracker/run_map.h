@@ -395,7 +395,8 @@ void RunMap::ForEachRunBatchOf(PageState s, uint64_t begin, uint64_t end, Fn&& f
     } else {
       n += expand(st, mask, eb, runs + n);
     }
-    return true;
+    // Full: hand it over before one() writes again.
+    return n < kRunBatch || flush();
   });
   if (n != 0 && !stopped) (void)flush();
 }

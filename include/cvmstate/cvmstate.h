@@ -140,11 +140,13 @@ typedef struct cvmstate_range {
  * when more remain: call again from the end of the last one written
  * (offset = runs[*count-1].offset + runs[*count-1].size, size shortened to
  * keep the same end); that run was maximal, so the next call starts with
- * the next run, never a piece of it. Cheaper per run than
- * cvmstate_for_each_run: on CPUs with AVX-512 a chunk's runs of the state
- * are gathered 32 at a time. On an error *count is 0 and runs is left as
- * it was. -ENOENT, -EINVAL (state not 0..2, capacity 0, the range not
- * inside the block, runs or count NULL). */
+ * the next run, never a piece of it. With room for 256 runs or more it
+ * is cheaper per run than cvmstate_for_each_run: the runs are gathered
+ * 256 at a time, and on CPUs with AVX-512 a list chunk's runs of the state
+ * 32 at a time; a smaller buffer gets them one at a time, and a call then
+ * costs what it returns. On an error *count is 0 and runs is left as it
+ * was. -ENOENT, -EINVAL (state not 0..2, capacity 0, the range not inside
+ * the block, a NULL pointer). */
 CVMSTATE_API int cvmstate_get_runs(const cvmstate_vm* vm, const char* block, uint64_t offset, uint64_t size,
                                    int state, cvmstate_range* runs, size_t capacity, size_t* count);
 

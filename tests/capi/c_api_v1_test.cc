@@ -549,15 +549,24 @@ TEST(CApiV1Test, GetRunsFillsBuffersWithOneStatesRuns) {
       EXPECT_EQ(calls, static_cast<int>((want.size() + capacity - 1) / capacity)) << "capacity " << capacity;
     }
   }
-  size_t n = 5;
-  cvmstate_range r{};
-  EXPECT_EQ(cvmstate_get_runs(v.vm, "ram", 0, page, -1, &r, 1, &n), -EINVAL) << "one state only";
-  EXPECT_EQ(n, 0u);
-  EXPECT_EQ(cvmstate_get_runs(v.vm, "ram", 0, page, 0, &r, 0, &n), -EINVAL) << "no room";
-  EXPECT_EQ(cvmstate_get_runs(v.vm, "ram", 0, pages * page + 1, 0, &r, 1, &n), -EINVAL);
-  EXPECT_EQ(cvmstate_get_runs(v.vm, "nope", 0, page, 0, &r, 1, &n), -ENOENT);
-  EXPECT_EQ(cvmstate_get_runs(v.vm, "ram", page, 0, 0, &r, 1, &n), 0) << "size 0: nothing";
-  EXPECT_EQ(n, 0u);
+  // Errors write no run and a count of 0; so does an empty range.
+  cvmstate_range r{7, 7};
+  struct Case {
+    const char* block;
+    uint64_t offset, size;
+    int state;
+    size_t capacity;
+    int rc;
+  };
+  for (const Case& c : {Case{"ram", 0, page, -1, 1, -EINVAL}, Case{"ram", 0, page, 3, 1, -EINVAL},
+                        Case{"ram", 0, page, 0, 0, -EINVAL}, Case{"ram", 0, pages * page + 1, 0, 1, -EINVAL},
+                        Case{"nope", 0, page, 0, 1, -ENOENT}, Case{"ram", page, 0, 0, 1, 0}}) {
+    size_t n = 5;
+    EXPECT_EQ(cvmstate_get_runs(v.vm, c.block, c.offset, c.size, c.state, &r, c.capacity, &n), c.rc)
+        << c.block << " " << c.offset << "+" << c.size << " state " << c.state << " capacity " << c.capacity;
+    EXPECT_EQ(n, 0u);
+    EXPECT_TRUE(r.offset == 7 && r.size == 7);
+  }
 }
 
 // Records every callback of the listeners it serves, in order.

@@ -3,7 +3,9 @@
 
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cstdint>
+#include <cstdio>
 #include <map>
 #include <random>
 #include <vector>
@@ -41,14 +43,18 @@ std::vector<Run> MapRuns(const RunMap& map, uint64_t begin, uint64_t end) {
 }
 
 // The runs of s in [begin, end) through ForEachRunBatchOf, checking that
-// every batch holds 1 to kRunBatch runs.
+// every batch holds 1 to kRunBatch runs, and that none comes after fn said
+// stop (once it holds stop_after runs).
 std::vector<Run> BatchRunsOf(const RunMap& map, PageState s, uint64_t begin, uint64_t end, size_t stop_after = SIZE_MAX) {
   std::vector<Run> runs;
+  bool stopped = false;
   map.ForEachRunBatchOf(s, begin, end, [&](const PageRange* r, size_t n) {
+    EXPECT_FALSE(stopped) << "a batch after fn returned false";
     EXPECT_GE(n, 1u);
     EXPECT_LE(n, RunMap::kRunBatch);
     for (size_t i = 0; i < n; ++i) runs.push_back({r[i].begin, r[i].end, s});
-    return runs.size() < stop_after;
+    stopped = runs.size() >= stop_after;
+    return !stopped;
   });
   return runs;
 }
@@ -234,19 +240,28 @@ TEST(RunMapTest, LongListsKeepEveryStateAgainstModel) {
 // after the last run read.
 TEST(RunMapTest, ExpandRunsWritesExactlyTheMaskedRuns) {
   std::mt19937_64 rng(77);
+  if (RunMapTestPeer::Expand(true) == RunMapTestPeer::Expand(false)) {
+    std::printf("this CPU has no AVX-512 VBMI2: only the one-at-a-time expansion is tested here\n");
+  }
   for (bool simd : {true, false}) {
     const auto expand = RunMapTestPeer::Expand(simd);
     for (int iter = 0; iter < 3000; ++iter) {
       // A list of n runs; the mask covers runs [0, 64) of it, and never the
-      // last one (whose end is the chunk's), as in a walk.
-      const uint32_t n = 2 + static_cast<uint32_t>(rng() % 64);
-      std::vector<uint16_t> st(n);  // exactly n: reading past them is a bug
+      // last one (whose end is the chunk's), as in a walk. The first 640
+      // masks hold 1, 2, ... 64 runs in turn.
+      const unsigned want_bits = iter < 640 ? 1 + iter % 64 : 0;
+      const uint32_t n = want_bits + 1 + static_cast<uint32_t>(rng() % (65 - want_bits));
+      std::vector<uint16_t> st(n);  // exactly n, for ASan to see a read past them
       uint16_t at = 0;
       for (uint32_t i = 0; i < n; ++i) st[i] = at, at = static_cast<uint16_t>(at + 1 + rng() % 900);
-      uint64_t mask = iter % 7 == 0 ? ~uint64_t{0} : rng() & rng();
-      if (iter % 11 == 0) mask = uint64_t{1} << (rng() % 64);
-      mask &= n - 1 >= 64 ? ~uint64_t{0} : (uint64_t{1} << (n - 1)) - 1;
-      if (mask == 0) mask = 1;
+      const uint64_t allowed = n - 1 >= 64 ? ~uint64_t{0} : (uint64_t{1} << (n - 1)) - 1;
+      uint64_t mask = 0;
+      if (want_bits != 0) {
+        while (static_cast<unsigned>(std::popcount(mask)) < want_bits) mask |= (uint64_t{1} << (rng() % 64)) & allowed;
+      } else {
+        mask = (iter % 7 == 0 ? ~uint64_t{0} : rng() & rng()) & allowed;
+        if (mask == 0) mask = 1;
+      }
       const uint64_t eb = (rng() % (uint64_t{1} << 40)) << 16;
       std::vector<PageRange> want;
       for (uint32_t r = 0; r < 64; ++r)
@@ -454,6 +469,12 @@ TEST(RunMapTest, SparseDirectoryOfManySegmentsAgainstModel) {
       if (r.state == PageState::kShared) want_of.push_back(r);
     ASSERT_TRUE(SameRuns(of, want_of)) << "order " << order;
     ASSERT_TRUE(SameRuns(BatchRunsOf(map, PageState::kShared, 0, pages), want_of)) << "order " << order;
+    // Stopping after 300 of them ends the walk within that batch.
+    ASSERT_GT(want_of.size(), 300 + RunMap::kRunBatch);
+    const std::vector<cvmstate::Run> head = BatchRunsOf(map, PageState::kShared, 0, pages, 300);
+    ASSERT_GE(head.size(), 300u);
+    ASSERT_LT(head.size(), 300 + RunMap::kRunBatch) << "batches went on after fn said stop";
+    ASSERT_TRUE(SameRuns(head, std::vector<cvmstate::Run>(want_of.begin(), want_of.begin() + head.size())));
     // One conversion over everything folds it back to one entry.
     map.Assign(0, pages, PageState::kPrivate);
     EXPECT_EQ(map.GetShape().entries, 1u);

@@ -59,6 +59,12 @@ pub struct Range {
     pub size: u64,
 }
 
+// get_runs hands a slice of Range to C as cvmstate_range.
+const _: () = assert!(
+    std::mem::size_of::<Range>() == std::mem::size_of::<ffi::cvmstate_range>()
+        && std::mem::align_of::<Range>() == std::mem::align_of::<ffi::cvmstate_range>()
+);
+
 /// A RAM block and its bytes in each state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlockInfo {
@@ -249,8 +255,9 @@ impl Vm {
         let block = c_string("block name", block)?;
         let mut n = 0usize;
         // SAFETY: raw is live; buf holds buf.len() writable ranges, each
-        // laid out as a cvmstate_range (repr(C), the same two u64s); n
-        // outlives the call.
+        // laid out as a cvmstate_range (repr(C), the same two u64s, checked
+        // above); an empty buf passes a dangling non-null pointer with
+        // capacity 0, which C refuses before writing; n outlives the call.
         let rc = unsafe {
             ffi::cvmstate_get_runs(
                 self.raw,
