@@ -206,6 +206,15 @@ cvmstate::BlockTracker* FindBlock(const cvmstate_vm* vm, const char* name, int* 
 
 bool ValidState(int s) { return s >= 0 && s <= 2; }
 
+// Whether [offset, offset+size) lies inside block b (size 0 included);
+// otherwise sets the error and returns false.
+bool RangeInside(const cvmstate::BlockTracker& b, uint64_t offset, uint64_t size, int* err) {
+  if (offset <= b.size() && size <= b.size() - offset) return true;
+  *err = Fail(-EINVAL, "range [" + cvmstate::Hex(offset) + ", +" + cvmstate::Hex(size) + ") is not inside block " +
+                           cvmstate::Quoted(b.name()) + " (size " + cvmstate::Hex(b.size()) + ")");
+  return false;
+}
+
 // A caller's text for a message, on one line: bytes outside printable
 // ASCII become \xNN (as Quoted, without quotes or a length cut).
 std::string OneLine(std::string_view text) {
@@ -554,11 +563,7 @@ int cvmstate_for_each_run(const cvmstate_vm* vm, const char* block, uint64_t off
     if (fn == nullptr) return NullArgument("fn");
     if (state != -1 && !ValidState(state))
       return Fail(-EINVAL, "invalid state " + std::to_string(state));
-    if (offset > b->size() || size > b->size() - offset) {
-      return Fail(-EINVAL, "range [" + cvmstate::Hex(offset) + ", +" + cvmstate::Hex(size) +
-                               ") is not inside block " + cvmstate::Quoted(b->name()) + " (size " +
-                               cvmstate::Hex(b->size()) + ")");
-    }
+    if (!RangeInside(*b, offset, size, &err)) return err;
     if (size == 0) return 0;
     // The pages holding [offset, end), each run then clipped to exactly it.
     const uint64_t end = offset + size, mask = b->page_size() - 1;
@@ -590,11 +595,7 @@ int cvmstate_get_runs(const cvmstate_vm* vm, const char* block, uint64_t offset,
     if (count == nullptr) return NullArgument("count");
     if (!ValidState(state)) return Fail(-EINVAL, "invalid state " + std::to_string(state));
     if (capacity == 0) return Fail(-EINVAL, "capacity 0: room for no run");
-    if (offset > b->size() || size > b->size() - offset) {
-      return Fail(-EINVAL, "range [" + cvmstate::Hex(offset) + ", +" + cvmstate::Hex(size) +
-                               ") is not inside block " + cvmstate::Quoted(b->name()) + " (size " +
-                               cvmstate::Hex(b->size()) + ")");
-    }
+    if (!RangeInside(*b, offset, size, &err)) return err;
     if (size == 0) return 0;
     // The pages holding [offset, end), each run then clipped to exactly it.
     const unsigned sh = b->page_shift();

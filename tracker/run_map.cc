@@ -131,17 +131,6 @@ inline uint32_t ListFind(const uint16_t* starts, uint32_t n, uint32_t p) {
   return static_cast<uint32_t>(base - starts);
 }
 
-// ExpandRuns, one run at a time.
-size_t ExpandRunsScalar(const uint16_t* st, uint64_t mask, uint64_t eb, PageRange* out) {
-  size_t n = 0;
-  while (mask != 0) {
-    const unsigned r = static_cast<unsigned>(std::countr_zero(mask));
-    mask &= mask - 1;
-    out[n++] = PageRange{eb + st[r], eb + st[r + 1]};
-  }
-  return n;
-}
-
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define CVMSTATE_EXPAND_AVX512 1
 #define CVMSTATE_AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi2")))
@@ -217,11 +206,11 @@ bool HaveAvx512Expand() {
 
 RunMap::ExpandRunsFn RunMap::ExpandRuns(bool simd) {
 #if defined(CVMSTATE_EXPAND_AVX512)
-  static const ExpandRunsFn fn = HaveAvx512Expand() ? &ExpandRunsAvx512 : &ExpandRunsScalar;
-  return simd ? fn : &ExpandRunsScalar;
+  static const ExpandRunsFn fn = HaveAvx512Expand() ? &ExpandRunsAvx512 : &ExpandRunsOneByOne;
+  return simd ? fn : &ExpandRunsOneByOne;
 #else
   (void)simd;
-  return &ExpandRunsScalar;
+  return &ExpandRunsOneByOne;
 #endif
 }
 

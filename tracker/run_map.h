@@ -293,6 +293,16 @@ class RunMap {
   // Writes the runs many() reports to out, ascending; returns how many
   // (the bits set in mask, at most 64).
   using ExpandRunsFn = size_t (*)(const uint16_t* st, uint64_t mask, uint64_t eb, PageRange* out);
+  // The ExpandRunsFn without SIMD, a run at a time.
+  static size_t ExpandRunsOneByOne(const uint16_t* st, uint64_t mask, uint64_t eb, PageRange* out) {
+    size_t n = 0;
+    while (mask != 0) {
+      const unsigned r = static_cast<unsigned>(std::countr_zero(mask));
+      mask &= mask - 1;
+      out[n++] = PageRange{eb + st[r], eb + st[r + 1]};
+    }
+    return n;
+  }
   // The ExpandRunsFn for this CPU (AVX-512 where it has it, unless simd is
   // false), chosen once; a walk asks once, then calls it directly.
   static ExpandRunsFn ExpandRuns(bool simd = true);
@@ -384,17 +394,10 @@ void RunMap::ForEachRunBatchOf(PageState s, uint64_t begin, uint64_t end, Fn&& f
   WalkRunsOf(s, begin, end, one, [&](const uint16_t* st, uint64_t mask, uint64_t eb) -> bool {
     // A mask holds at most 64 runs.
     if (n > kRunBatch - 64 && !flush()) return false;
+    // One or two runs: inline, cheaper than the call.
     const uint64_t beyond_one = mask & (mask - 1);
-    if ((beyond_one & (beyond_one - 1)) == 0) {
-      // One or two runs: inline, cheaper than the call.
-      while (mask != 0) {
-        const unsigned r = static_cast<unsigned>(std::countr_zero(mask));
-        mask &= mask - 1;
-        runs[n++] = PageRange{eb + st[r], eb + st[r + 1]};
-      }
-    } else {
-      n += expand(st, mask, eb, runs + n);
-    }
+    n += (beyond_one & (beyond_one - 1)) == 0 ? ExpandRunsOneByOne(st, mask, eb, runs + n)
+                                              : expand(st, mask, eb, runs + n);
     // Full: hand it over before one() writes again.
     return n < kRunBatch || flush();
   });
