@@ -179,11 +179,25 @@ Result<BenchReport> RunBench(const ParsedTrace& trace, int repeat) {
   }
   std::vector<RunRecord> reference;
   bool have_reference = false;
-  for (const std::string& name : ImplNames()) {
+  struct Samples {
     ImplResult r;
-    r.name = name;
-    std::vector<double> apply, lookup, scan, listeners;
-    for (int rep = 0; rep < repeat && r.supported; ++rep) {
+    std::vector<double> apply, lookup, scan;
+  };
+  std::vector<Samples> all(ImplNames().size());
+  for (size_t k = 0; k < all.size(); ++k) all[k].r.name = ImplNames()[k];
+  // Rounds, each measuring every implementation once: a slow spell of the
+  // machine (this kind of VM has them, tens of milliseconds to seconds
+  // long) then falls on all of them alike instead of on one
+  // implementation's every repeat, and the medians' ratios compare like
+  // with like.
+  for (int rep = 0; rep < repeat; ++rep) {
+    for (Samples& x : all) {
+      ImplResult& r = x.r;
+      const std::string& name = r.name;
+      std::vector<double>& apply = x.apply;
+      std::vector<double>& lookup = x.lookup;
+      std::vector<double>& scan = x.scan;
+      if (!r.supported) continue;
       // Build and replay on a thread of its own: when it ends, glibc hands
       // the chunks cached in its thread cache back to the arena, so the
       // heap counter sees exactly what the structure still holds.
@@ -243,7 +257,7 @@ Result<BenchReport> RunBench(const ParsedTrace& trace, int repeat) {
       if (out_of_memory) {
         return Status::Refused("out of memory in the " + name + (name == ImplNames()[0] ? "" : " baseline"));
       }
-      if (!r.supported) break;
+      if (!r.supported) continue;
       r.bytes = HeapBytesInUse() - heap0;
       apply.push_back(trace.ops.empty() ? 0 : ns / static_cast<double>(trace.ops.size()));
       auto t0 = Clock::now();
@@ -299,21 +313,25 @@ Result<BenchReport> RunBench(const ParsedTrace& trace, int repeat) {
         }
       }
     }
-    // After the replays, not between them: its tables come and go on the
-    // heap the replays measure.
-    for (int rep = 0; rep < repeat && r.supported && name == ImplNames()[0]; ++rep) {
-      std::string failure;
-      listeners.push_back(ListenerPathNs(trace, &failure));
-      if (failure.rfind("out of memory", 0) == 0) return Status::Refused(failure);
-      if (!failure.empty() && report.agree) {
-        report.agree = false;
-        report.disagreement = failure;
-      }
+  }
+  // After the replays, not between them: its tables come and go on the
+  // heap the replays measure.
+  std::vector<double> listeners;
+  for (int rep = 0; rep < repeat && all[0].r.supported; ++rep) {
+    std::string failure;
+    listeners.push_back(ListenerPathNs(trace, &failure));
+    if (failure.rfind("out of memory", 0) == 0) return Status::Refused(failure);
+    if (!failure.empty() && report.agree) {
+      report.agree = false;
+      report.disagreement = failure;
     }
-    r.apply_ns = Median(apply);
-    r.lookup_ns = Median(lookup);
-    r.scan_shared_ns = Median(scan);
-    r.apply_listeners_ns = Median(listeners);
+  }
+  for (Samples& x : all) {
+    ImplResult& r = x.r;
+    r.apply_ns = Median(x.apply);
+    r.lookup_ns = Median(x.lookup);
+    r.scan_shared_ns = Median(x.scan);
+    if (&x == &all[0]) r.apply_listeners_ns = Median(listeners);
     report.impls.push_back(std::move(r));
   }
   return report;

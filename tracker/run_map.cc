@@ -131,14 +131,33 @@ inline uint32_t ListFind(const uint16_t* starts, uint32_t n, uint32_t p) {
   return static_cast<uint32_t>(base - starts);
 }
 
+// RunMap::FindWord without SIMD, four words a step.
+uint64_t FindWordScalar(const uint64_t* w, uint64_t from, uint64_t nw, uint64_t pat, bool want) {
+  // Pages of pat's state leave 00 in x ^ pat; flip makes the test one of
+  // "any bit set" either way.
+  const uint64_t flip = want ? kLo : 0;
+  auto found = [&](uint64_t x) { return (((x ^ pat) | ((x ^ pat) >> 1)) & kLo) ^ flip; };
+  for (; from + 4 <= nw; from += 4) {
+    if ((found(w[from]) | found(w[from + 1]) | found(w[from + 2]) | found(w[from + 3])) != 0) break;
+  }
+  for (; from < nw; ++from) {
+    if (found(w[from]) != 0) return from;
+  }
+  return nw;
+}
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define CVMSTATE_EXPAND_AVX512 1
 #define CVMSTATE_AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi2")))
 
-// Writes the first `left` (at most 8) of the runs whose chunk-local begins
-// and ends are the eight 16-bit lanes of b16 and e16, offset by base, as
-// begin/end pairs to out.
-CVMSTATE_AVX512_TARGET inline void StoreEightRuns(__m128i b16, __m128i e16, __m512i base, unsigned left,
+// Writes the eight runs whose chunk-local begins and ends are the eight
+// 16-bit lanes of b16 and e16, offset by base, as begin/end pairs to
+// out[0, 8), also where fewer of them are runs (the caller counts those):
+// whole stores. Stores of part of a vector (masked) made the scan of a
+// 2 TiB state 16% slower on a Zen 5 (160 against 138 us), where the
+// caller reads the runs right after; masked with all lanes set, they were
+// not.
+CVMSTATE_AVX512_TARGET inline void StoreEightRuns(__m128i b16, __m128i e16, __m512i base,
                                                   PageRange* out) {
   const __m512i lo_pairs = _mm512_set_epi64(11, 3, 10, 2, 9, 1, 8, 0);
   const __m512i hi_pairs = _mm512_set_epi64(15, 7, 14, 6, 13, 5, 12, 4);
@@ -146,20 +165,9 @@ CVMSTATE_AVX512_TARGET inline void StoreEightRuns(__m128i b16, __m128i e16, __m5
   // value inside its own header.
   const __m512i b = _mm512_add_epi64(_mm512_maskz_cvtepu16_epi64(0xff, b16), base);
   const __m512i e = _mm512_add_epi64(_mm512_maskz_cvtepu16_epi64(0xff, e16), base);
-  const __m512i lo = _mm512_permutex2var_epi64(b, lo_pairs, e);
-  const __m512i hi = _mm512_permutex2var_epi64(b, hi_pairs, e);
   // Four runs a vector.
-  void* const dst_lo = out;
-  void* const dst_hi = out + 4;
-  if (left >= 8) {
-    _mm512_storeu_si512(dst_lo, lo);
-    _mm512_storeu_si512(dst_hi, hi);
-  } else {
-    // Two 64-bit lanes a run: store exactly the runs that are left.
-    const unsigned lo_runs = left < 4 ? left : 4;
-    _mm512_mask_storeu_epi64(dst_lo, static_cast<__mmask8>((1u << (2 * lo_runs)) - 1), lo);
-    if (left > 4) _mm512_mask_storeu_epi64(dst_hi, static_cast<__mmask8>((1u << (2 * (left - 4))) - 1), hi);
-  }
+  _mm512_storeu_si512(static_cast<void*>(out), _mm512_permutex2var_epi64(b, lo_pairs, e));
+  _mm512_storeu_si512(static_cast<void*>(out + 4), _mm512_permutex2var_epi64(b, hi_pairs, e));
 }
 
 // ExpandRuns, 32 runs at a time: the starts of the runs in mask and the
@@ -178,22 +186,43 @@ CVMSTATE_AVX512_TARGET size_t ExpandRunsAvx512(const uint16_t* st, uint64_t mask
     const unsigned count = static_cast<unsigned>(__builtin_popcount(m));
     // Lanes are taken out by constant index: a store of the vectors and
     // 16-byte reloads stalled on store forwarding.
-    StoreEightRuns(_mm512_maskz_extracti32x4_epi32(0xf, begins, 0), _mm512_maskz_extracti32x4_epi32(0xf, ends, 0), base, count, out + n);
+    StoreEightRuns(_mm512_maskz_extracti32x4_epi32(0xf, begins, 0),
+                   _mm512_maskz_extracti32x4_epi32(0xf, ends, 0), base, out + n);
     if (count > 8) {
-      StoreEightRuns(_mm512_maskz_extracti32x4_epi32(0xf, begins, 1), _mm512_maskz_extracti32x4_epi32(0xf, ends, 1), base, count - 8,
-                     out + n + 8);
+      StoreEightRuns(_mm512_maskz_extracti32x4_epi32(0xf, begins, 1),
+                     _mm512_maskz_extracti32x4_epi32(0xf, ends, 1), base, out + n + 8);
     }
     if (count > 16) {
-      StoreEightRuns(_mm512_maskz_extracti32x4_epi32(0xf, begins, 2), _mm512_maskz_extracti32x4_epi32(0xf, ends, 2), base, count - 16,
-                     out + n + 16);
+      StoreEightRuns(_mm512_maskz_extracti32x4_epi32(0xf, begins, 2),
+                     _mm512_maskz_extracti32x4_epi32(0xf, ends, 2), base, out + n + 16);
     }
     if (count > 24) {
-      StoreEightRuns(_mm512_maskz_extracti32x4_epi32(0xf, begins, 3), _mm512_maskz_extracti32x4_epi32(0xf, ends, 3), base, count - 24,
-                     out + n + 24);
+      StoreEightRuns(_mm512_maskz_extracti32x4_epi32(0xf, begins, 3),
+                     _mm512_maskz_extracti32x4_epi32(0xf, ends, 3), base, out + n + 24);
     }
     n += count;
   }
   return n;
+}
+
+// FindWord, eight words a step: a masked load for the last words, so
+// nothing past nw is read.
+CVMSTATE_AVX512_TARGET uint64_t FindWordAvx512(const uint64_t* w, uint64_t from, uint64_t nw,
+                                               uint64_t pat, bool want) {
+  const __m512i lo = _mm512_set1_epi64(static_cast<long long>(0x5555555555555555ULL));
+  const __m512i p = _mm512_set1_epi64(static_cast<long long>(pat));
+  for (; from < nw; from += 8) {
+    const uint64_t left = nw - from;
+    const __mmask8 lanes = left >= 8 ? __mmask8{0xff} : static_cast<__mmask8>((1u << left) - 1);
+    const __m512i t = _mm512_xor_si512(_mm512_maskz_loadu_epi64(lanes, w + from), p);
+    // Bit pairs of t: 00 where a page is in pat's state.
+    const __m512i other =
+        _mm512_and_si512(_mm512_or_si512(t, _mm512_maskz_srli_epi64(0xff, t, 1)), lo);
+    const __mmask8 found = want ? _mm512_mask_cmpneq_epi64_mask(lanes, other, lo)
+                                : _mm512_mask_test_epi64_mask(lanes, other, other);
+    if (found != 0) return from + static_cast<unsigned>(__builtin_ctz(found));
+  }
+  return nw;
 }
 
 bool HaveAvx512Expand() {
@@ -214,9 +243,19 @@ RunMap::ExpandRunsFn RunMap::ExpandRuns(bool simd) {
 #endif
 }
 
+RunMap::FindWordFn RunMap::FindWord(bool simd) {
+#if defined(CVMSTATE_EXPAND_AVX512)
+  static const FindWordFn fn = HaveAvx512Expand() ? &FindWordAvx512 : &FindWordScalar;
+  return simd ? fn : &FindWordScalar;
+#else
+  (void)simd;
+  return &FindWordScalar;
+#endif
+}
+
 RunMap::RunMap(uint64_t pages, PageState initial, unsigned chunk_shift)
     : pages_(pages), shift_(std::clamp(chunk_shift, kMinChunkShift, kMaxChunkShift)) {
-  segs_.push_back(Segment{{Entry{nullptr, 0, 0, kUniform, static_cast<uint8_t>(initial)}}, {0}});
+  segs_.push_back(Segment{{UniformEntry(static_cast<uint8_t>(initial))}, {0}});
   seg_keys_.push_back(0);
   sparse_entries_ = 1;
 }
@@ -292,6 +331,7 @@ void RunMap::FreeEntry(Entry& e) {
   e.data = nullptr;
   e.count = 0;
   e.cap = 0;
+  e.holds = 0;
 }
 
 void RunMap::MakeUniform(Entry& e, PageState s) {
@@ -405,7 +445,7 @@ RunMap::Pos RunMap::SplitAt(uint64_t chunk) {
   const Pos i = FindEntry(chunk);
   if (flat_ || FirstChunk(i) == chunk) return i;
   // Only a uniform entry spans several chunks, so only one can be split.
-  const Pos at = InsertEntry(Pos{i.seg, i.idx + 1}, chunk, Entry{nullptr, 0, 0, kUniform, At(i).state});
+  const Pos at = InsertEntry(Pos{i.seg, i.idx + 1}, chunk, UniformEntry(At(i).state));
   // Once the directory is a sizeable part of a flat one, go flat: lookups
   // become an index and splits stop moving the directory.
   const uint64_t nc = num_chunks();
@@ -495,7 +535,7 @@ void RunMap::AssignWholeChunks(uint64_t c0, uint64_t c1, PageState s, StateCount
     return;
   }
   for (Pos i = i0; i != i1; i = Next(i)) FreeEntry(At(i));
-  At(i0) = Entry{nullptr, 0, 0, kUniform, sv};
+  At(i0) = UniformEntry(sv);
   Pos erase_from = Next(i0), erase_to = i1;
   // Merge with uniform neighbours of the same state to keep entries O(runs).
   if (!IsEnd(erase_to) && At(erase_to).kind == kUniform && At(erase_to).state == sv) erase_to = Next(erase_to);
@@ -528,6 +568,7 @@ void RunMap::AssignInChunk(uint64_t chunk, uint32_t a, uint32_t b, PageState s, 
       if (b < len) starts[n] = static_cast<uint16_t>(b), states[n++] = old;
       e.kind = kList;
       e.state = 0;  // Fragmenting()'s count
+      e.holds = static_cast<uint16_t>((1u << old) | (1u << sv));
       ReserveList(e, n);
       std::memcpy(e.data, starts, n * sizeof(uint16_t));
       std::memcpy(const_cast<uint8_t*>(States(e)), states, n);
@@ -630,6 +671,7 @@ void RunMap::ListAssign(Entry& e, uint32_t len, uint32_t a, uint32_t b, PageStat
   std::memmove(dss + lo + k, dss + hi, n - hi);
   std::memcpy(dst + lo, os, k * sizeof(uint16_t));
   std::memcpy(dss + lo, ostate, k);
+  e.holds |= 1u << sv;  // the other runs written kept their states
   e.count = new_n;
   if (new_n < n) ReserveList(e, new_n);  // shrinks when mostly empty
 }
@@ -680,7 +722,7 @@ void RunMap::ListToDense(Entry& e, uint32_t len) {
 void RunMap::DenseToList(Entry& e, uint32_t len, uint32_t runs) {
   const uint64_t* w = static_cast<const uint64_t*>(e.data);
   // Thinned out over many conversions: not a fragmenting list.
-  Entry list{nullptr, 0, 0, kList, 255};
+  Entry list{.data = nullptr, .count = 0, .cap = 0, .holds = 0, .kind = kList, .state = 255};
   ReserveList(list, runs);
   uint16_t* st = static_cast<uint16_t*>(list.data);
   uint8_t* ss = const_cast<uint8_t*>(States(list));
@@ -689,6 +731,7 @@ void RunMap::DenseToList(Entry& e, uint32_t len, uint32_t runs) {
     const unsigned s = DenseGet(w, p);
     st[n] = static_cast<uint16_t>(p);
     ss[n++] = static_cast<uint8_t>(s);
+    list.holds |= 1u << s;
     p = DenseNextDiff(w, p, len, s);
   }
   list.count = n;

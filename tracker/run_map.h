@@ -178,10 +178,19 @@ class RunMap {
   struct Entry {
     void* data;       // list: uint16_t starts[cap] then uint8_t states[cap]; dense: uint64_t[]
     uint32_t count;   // list: runs held; dense: conversions left until RecheckDense
-    uint16_t cap;     // list: capacity in runs
+    uint16_t cap : 13;  // list: capacity in runs
+    // list: bit s set where the list may hold a run of state s. A superset,
+    // set when a run of s is written and exact again only when the list is
+    // rebuilt, so that a walk of one state passes lists without it unread.
+    uint16_t holds : 3;
     uint8_t kind;
     uint8_t state;    // uniform: its state; list: see Fragmenting()
   };
+  static Entry UniformEntry(uint8_t state) {
+    return Entry{
+        .data = nullptr, .count = 0, .cap = 0, .holds = 0, .kind = kUniform, .state = state};
+  }
+  static bool MayHold(const Entry& e, unsigned s) { return ((e.holds >> s) & 1) != 0; }
   static const uint16_t* Starts(const Entry& e) { return static_cast<const uint16_t*>(e.data); }
   static const uint8_t* States(const Entry& e) {
     return static_cast<const uint8_t*>(e.data) + size_t{e.cap} * sizeof(uint16_t);
@@ -221,6 +230,7 @@ class RunMap {
   // Above this many runs a list chunk turns dense: past the break-even with
   // the dense form, capped so that inserting into a list stays cheap.
   static constexpr uint32_t kListMaxRunsCap = 512;
+  static_assert(kListMaxRunsCap * 2 < (1u << 13), "a list's capacity must fit Entry::cap");
   uint32_t ListMaxRuns() const {
     uint64_t even = chunk_pages() / 12;
     return static_cast<uint32_t>(even < 2 ? 2 : (even > kListMaxRunsCap ? kListMaxRunsCap : even));
@@ -291,7 +301,8 @@ class RunMap {
   template <typename One, typename Many>
   void WalkRunsOf(PageState s, uint64_t begin, uint64_t end, One&& one, Many&& many) const;
   // Writes the runs many() reports to out, ascending; returns how many
-  // (the bits set in mask, at most 64).
+  // (the bits set in mask, at most 64). It may also write past them, never
+  // past out[63]: out must have room for 64 runs.
   using ExpandRunsFn = size_t (*)(const uint16_t* st, uint64_t mask, uint64_t eb, PageRange* out);
   // The ExpandRunsFn without SIMD, a run at a time.
   static size_t ExpandRunsOneByOne(const uint16_t* st, uint64_t mask, uint64_t eb, PageRange* out) {
@@ -306,7 +317,18 @@ class RunMap {
   // The ExpandRunsFn for this CPU (AVX-512 where it has it, unless simd is
   // false), chosen once; a walk asks once, then calls it directly.
   static ExpandRunsFn ExpandRuns(bool simd = true);
-  friend struct RunMapTestPeer;  // tests both ExpandRunsFn
+  // The first word in [from, nw) of a dense chunk that holds a page whose
+  // state is (want) or is not (!want) the one pat repeats (kLo * state);
+  // nw if there is none. Where a walk of one state crosses the words between
+  // runs, or a long run, in a dense chunk.
+  using FindWordFn = uint64_t (*)(const uint64_t* w, uint64_t from, uint64_t nw, uint64_t pat,
+                                  bool want);
+  // The FindWordFn for this CPU (AVX-512, eight words a step, where it has
+  // it, unless simd is false; four words a step without SIMD), chosen once.
+  static FindWordFn FindWord(bool simd = true);
+  // Words a dense walk reads itself before it calls find_word.
+  static constexpr uint64_t kNearWords = 4;
+  friend struct RunMapTestPeer;  // tests both ExpandRunsFn and both FindWordFn
 
   void AssignAny(uint64_t begin, uint64_t end, PageState s, StateCounts* changed);
   Pos FindEntry(uint64_t chunk) const;
@@ -431,6 +453,7 @@ void RunMap::WalkRunsOf(PageState s, uint64_t begin, uint64_t end, One&& call, M
     return call(a, b);
   };
   constexpr uint64_t kLo = 0x5555555555555555ULL;
+  const FindWordFn find_word = FindWord();
   for (Pos i = FindEntry(begin >> shift_); !IsEnd(i); i = Next(i)) {
     const Entry& e = At(i);
     uint64_t eb = ChunkBegin(FirstChunk(i));
@@ -440,6 +463,9 @@ void RunMap::WalkRunsOf(PageState s, uint64_t begin, uint64_t end, One&& call, M
     if (e.kind == kUniform) {
       if (e.state == sv && !emit(std::max(eb, begin), std::min(ee, end), true)) return;
     } else if (e.kind == kList && !clip) {
+      // A list without a run of s is passed unread; a pending run is
+      // reported with the next run of s, since it cannot continue past it.
+      if (!MayHold(e, sv)) continue;
       // Find the runs of s 64 at a time without a branch per run: compare
       // the state bytes into a mask, then report its set bits. Only the list's first run (which may
       // continue a pending run) and last run (which the next entry may
@@ -451,7 +477,8 @@ void RunMap::WalkRunsOf(PageState s, uint64_t begin, uint64_t end, One&& call, M
       const uint32_t n = e.count;
       // Each list is an allocation of its own: fetch the next one while
       // this one is read.
-      if (const Pos next = Next(i); !IsEnd(next) && At(next).kind == kList) {
+      if (const Pos next = Next(i);
+          !IsEnd(next) && At(next).kind == kList && MayHold(At(next), sv)) {
         __builtin_prefetch(States(At(next)));
         __builtin_prefetch(At(next).data);
       }
@@ -512,18 +539,28 @@ void RunMap::WalkRunsOf(PageState s, uint64_t begin, uint64_t end, One&& call, M
       const uint64_t len = le - eb, nw = (len + 31) >> 5;
       uint64_t p = lb - eb;
       while (p < len) {
-        // Next page of state s, then the next page of another state.
+        // Next page of state s, then the next page of another state. Most
+        // gaps end within a few words (fragmented chunks), read here; past
+        // those, find_word crosses the rest several words a step.
         uint64_t wi = p >> 5, t = w[wi] ^ pat;
         uint64_t hit = ~(t | (t >> 1)) & kLo & (~uint64_t{0} << (2 * (p & 31)));
-        while (hit == 0 && ++wi < nw) {
+        for (const uint64_t near = std::min(nw, wi + kNearWords); hit == 0 && ++wi < near;) {
           t = w[wi] ^ pat;
           hit = ~(t | (t >> 1)) & kLo;
         }
-        if (hit == 0) break;
+        if (hit == 0) {
+          if (wi >= nw || (wi = find_word(w, wi, nw, pat, true)) == nw) break;
+          t = w[wi] ^ pat;
+          hit = ~(t | (t >> 1)) & kLo;
+        }
         const uint64_t a = (wi << 5) + (static_cast<unsigned>(__builtin_ctzll(hit)) >> 1);
         if (a >= len) break;
         uint64_t miss = (t | (t >> 1)) & kLo & (~uint64_t{0} << (2 * (a & 31)));
-        while (miss == 0 && ++wi < nw) {
+        for (const uint64_t near = std::min(nw, wi + kNearWords); miss == 0 && ++wi < near;) {
+          t = w[wi] ^ pat;
+          miss = (t | (t >> 1)) & kLo;
+        }
+        if (miss == 0 && wi < nw && (wi = find_word(w, wi, nw, pat, false)) < nw) {
           t = w[wi] ^ pat;
           miss = (t | (t >> 1)) & kLo;
         }

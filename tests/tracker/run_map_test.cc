@@ -15,6 +15,7 @@ namespace cvmstate {
 // Reaches the two ways a batch walk expands a list's runs.
 struct RunMapTestPeer {
   static RunMap::ExpandRunsFn Expand(bool simd) { return RunMap::ExpandRuns(simd); }
+  static RunMap::FindWordFn FindWord(bool simd) { return RunMap::FindWord(simd); }
 };
 
 namespace {
@@ -235,9 +236,10 @@ TEST(RunMapTest, LongListsKeepEveryStateAgainstModel) {
 }
 
 // Both ways of expanding a list's runs of a state (AVX-512 where this CPU
-// has it, and one at a time) write exactly the runs a mask names, and
-// nothing past them, for every count from 1 to 64 and lists ending right
-// after the last run read.
+// has it, and one at a time) write exactly the runs a mask names, first,
+// and nothing past the 64 runs of room the caller gives (the one at a time
+// nothing past the runs at all), for every count from 1 to 64 and lists
+// ending right after the last run read.
 TEST(RunMapTest, ExpandRunsWritesExactlyTheMaskedRuns) {
   std::mt19937_64 rng(77);
   if (RunMapTestPeer::Expand(true) == RunMapTestPeer::Expand(false)) {
@@ -274,9 +276,94 @@ TEST(RunMapTest, ExpandRunsWritesExactlyTheMaskedRuns) {
         ASSERT_EQ(out[i].begin, want[i].begin) << "simd " << simd << " iter " << iter << " run " << i;
         ASSERT_EQ(out[i].end, want[i].end) << "simd " << simd << " iter " << iter << " run " << i;
       }
-      for (size_t i = got; i < out.size(); ++i) ASSERT_EQ(out[i].begin, ~uint64_t{0}) << "wrote past the runs";
+      for (size_t i = simd ? 64 : got; i < out.size(); ++i) {
+        ASSERT_EQ(out[i].begin, ~uint64_t{0})
+            << "simd " << simd << " wrote past " << (simd ? "its room" : "the runs");
+      }
     }
   }
+}
+
+// Both ways of finding the next word of a dense chunk with (or without) a
+// page of a state agree with a word-by-word search, on words that hold
+// long stretches of one state, from every start, for short and long arrays
+// (the SIMD form's masked last step included).
+TEST(RunMapTest, FindWordFindsTheFirstWordWithOrWithoutAState) {
+  constexpr uint64_t kLo = 0x5555555555555555ULL;
+  std::mt19937_64 rng(5);
+  for (bool simd : {true, false}) {
+    const auto find = RunMapTestPeer::FindWord(simd);
+    for (int iter = 0; iter < 4000; ++iter) {
+      const size_t nw = rng() % 70;
+      const unsigned base = static_cast<unsigned>(rng() % 3);
+      std::vector<uint64_t> w(nw, kLo * base);
+      // A few words with other pages, some all of another state.
+      for (int k = static_cast<int>(rng() % 4); k > 0 && nw > 0; --k) {
+        uint64_t& x = w[rng() % nw];
+        if (rng() % 2) {
+          x = kLo * (rng() % 3);
+        } else {
+          const unsigned page = static_cast<unsigned>(rng() % 32);
+          x = (x & ~(uint64_t{3} << (2 * page))) | (uint64_t{rng() % 3} << (2 * page));
+        }
+      }
+      const unsigned s = static_cast<unsigned>(rng() % 3);
+      const bool want = rng() % 2 != 0;
+      const uint64_t from = rng() % (nw + 1);
+      uint64_t expect = nw;
+      for (uint64_t i = from; i < nw && expect == nw; ++i) {
+        for (unsigned p = 0; p < 32; ++p) {
+          if ((((w[i] >> (2 * p)) & 3) == s) == want) {
+            expect = i;
+            break;
+          }
+        }
+      }
+      ASSERT_EQ(find(w.data(), from, nw, kLo * s, want), expect)
+          << "simd " << simd << " iter " << iter << " nw " << nw << " from " << from << " state "
+          << s << " want " << want;
+    }
+  }
+}
+
+// A dense chunk whose runs of a state are far apart and long (tens of
+// words): its walks cross the words between them several at a time, and
+// still report exactly the model's runs, whole and in random sections.
+TEST(RunMapTest, DenseChunkWithLongGapsAndRunsAgainstModel) {
+  const uint64_t pages = (uint64_t{1} << 16) + 5000;
+  RunMap map(pages, PageState::kPrivate, RunMap::kDefaultChunkShift);
+  Model model(pages, static_cast<uint8_t>(PageState::kPrivate));
+  auto assign = [&](uint64_t a, uint64_t b, PageState s) {
+    map.Assign(a, b, s);
+    for (uint64_t p = a; p < b; ++p) model[p] = static_cast<uint8_t>(s);
+  };
+  // Fragment the start of the chunk page by page: it turns dense.
+  for (uint64_t p = 0; p < 600; p += 2)
+    assign(p, p + 1, p % 6 == 0 ? PageState::kShared : PageState::kDiscarded);
+  ASSERT_EQ(map.GetShape().dense, 1u);
+  std::mt19937_64 rng(11);
+  for (int step = 0; step < 300; ++step) {
+    const uint64_t a = rng() % pages;
+    const uint64_t len = step % 3 == 0 ? 1 + rng() % 8 : 1 + rng() % 6000;
+    assign(a, std::min(pages, a + len), static_cast<PageState>(rng() % 3));
+    for (int k = 0; k < 3; ++k) {
+      const PageState s = static_cast<PageState>(k);
+      uint64_t sa = 0, sb = pages;
+      if (step % 2 == 1) {
+        sa = rng() % pages;
+        sb = sa + 1 + rng() % (pages - sa);
+      }
+      std::vector<cvmstate::Run> want, of;
+      for (const cvmstate::Run& r : ModelRuns(model, sa, sb))
+        if (r.state == s) want.push_back(r);
+      map.ForEachRunOf(s, sa, sb, [&](uint64_t x, uint64_t y) { of.push_back({x, y, s}); });
+      ASSERT_TRUE(SameRuns(of, want)) << "step " << step << " state " << k;
+      ASSERT_TRUE(SameRuns(BatchRunsOf(map, s, sa, sb), want))
+          << "step " << step << " state " << k << " batches";
+    }
+  }
+  EXPECT_EQ(map.GetShape().dense, 1u)
+      << "the chunk should have stayed dense for this test to mean anything";
 }
 
 TEST(RunMapTest, FragmentedChunkTurnsDenseAndBack) {
