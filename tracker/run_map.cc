@@ -225,9 +225,13 @@ CVMSTATE_AVX512_TARGET uint64_t FindWordAvx512(const uint64_t* w, uint64_t from,
   return nw;
 }
 
-bool HaveAvx512Expand() {
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vbmi2");
+// Whether the AVX-512 forms are to run: the CPU has what they use (asked
+// once) and the caller did not ask for the plain ones.
+bool UseAvx512(bool simd) {
+  static const bool have =
+      __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vbmi2");
+  return simd && have;
 }
 #endif
 
@@ -235,22 +239,18 @@ bool HaveAvx512Expand() {
 
 RunMap::ExpandRunsFn RunMap::ExpandRuns(bool simd) {
 #if defined(CVMSTATE_EXPAND_AVX512)
-  static const ExpandRunsFn fn = HaveAvx512Expand() ? &ExpandRunsAvx512 : &ExpandRunsOneByOne;
-  return simd ? fn : &ExpandRunsOneByOne;
-#else
+  if (UseAvx512(simd)) return &ExpandRunsAvx512;
+#endif
   (void)simd;
   return &ExpandRunsOneByOne;
-#endif
 }
 
 RunMap::FindWordFn RunMap::FindWord(bool simd) {
 #if defined(CVMSTATE_EXPAND_AVX512)
-  static const FindWordFn fn = HaveAvx512Expand() ? &FindWordAvx512 : &FindWordScalar;
-  return simd ? fn : &FindWordScalar;
-#else
+  if (UseAvx512(simd)) return &FindWordAvx512;
+#endif
   (void)simd;
   return &FindWordScalar;
-#endif
 }
 
 RunMap::RunMap(uint64_t pages, PageState initial, unsigned chunk_shift)

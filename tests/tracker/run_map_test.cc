@@ -12,7 +12,8 @@
 
 namespace cvmstate {
 
-// Reaches the two ways a batch walk expands a list's runs.
+// Reaches the two ways a batch walk expands a list's runs, and the two
+// ways a walk finds the next word of a dense chunk.
 struct RunMapTestPeer {
   static RunMap::ExpandRunsFn Expand(bool simd) { return RunMap::ExpandRuns(simd); }
   static RunMap::FindWordFn FindWord(bool simd) { return RunMap::FindWord(simd); }
@@ -286,7 +287,7 @@ TEST(RunMapTest, ExpandRunsWritesExactlyTheMaskedRuns) {
 
 // Both ways of finding the next word of a dense chunk with (or without) a
 // page of a state agree with a word-by-word search, on words that hold
-// long stretches of one state, from every start, for short and long arrays
+// long stretches of one state, from random starts, for short and long arrays
 // (the SIMD form's masked last step included).
 TEST(RunMapTest, FindWordFindsTheFirstWordWithOrWithoutAState) {
   constexpr uint64_t kLo = 0x5555555555555555ULL;
