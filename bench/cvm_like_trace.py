@@ -21,8 +21,11 @@ import sys
 def main():
     if len(sys.argv) not in (4, 5):
         sys.exit("usage: cvm_like_trace.py SIZE_GIB OPS SEED [SHARED]")
-    size_gib, ops, seed = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-    shared = float(sys.argv[4]) if len(sys.argv) == 5 else 0.30
+    try:
+        size_gib, ops, seed = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+        shared = float(sys.argv[4]) if len(sys.argv) == 5 else 0.30
+    except ValueError as e:
+        sys.exit(f"cvm_like_trace.py: {e}")
     if size_gib < 1 or ops < 0 or not 0 <= shared <= 0.75:
         sys.exit("cvm_like_trace.py: SIZE_GIB >= 1, OPS >= 0, 0 <= SHARED <= 0.75")
     rng = random.Random(seed)
