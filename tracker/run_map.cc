@@ -254,7 +254,9 @@ RunMap::FindWordFn RunMap::FindWord(bool simd) {
 }
 
 RunMap::RunMap(uint64_t pages, PageState initial, unsigned chunk_shift)
-    : pages_(pages), shift_(std::clamp(chunk_shift, kMinChunkShift, kMaxChunkShift)) {
+    : pages_(pages),
+      shift_(std::clamp(chunk_shift, kMinChunkShift, kMaxChunkShift)),
+      page_mask_(chunk_pages() - 1) {
   segs_.push_back(Segment{{UniformEntry(static_cast<uint8_t>(initial))}, {0}});
   seg_keys_.push_back(0);
   sparse_entries_ = 1;
@@ -272,12 +274,15 @@ RunMap::RunMap(RunMap&& o) noexcept
       seg_keys_(std::move(o.seg_keys_)),
       sparse_entries_(o.sparse_entries_),
       flat_(o.flat_),
+      flat_pages_(o.flat_pages_),
+      page_mask_(o.page_mask_),
       chunk_bytes_(o.chunk_bytes_) {
   o.dir_.clear();
   o.segs_.clear();
   o.seg_keys_.clear();
   o.sparse_entries_ = 0;
   o.flat_ = false;
+  o.flat_pages_ = 0;
   o.chunk_bytes_ = 0;
 }
 
@@ -291,12 +296,15 @@ RunMap& RunMap::operator=(RunMap&& o) noexcept {
     seg_keys_ = std::move(o.seg_keys_);
     sparse_entries_ = o.sparse_entries_;
     flat_ = o.flat_;
+    flat_pages_ = o.flat_pages_;
+    page_mask_ = o.page_mask_;
     chunk_bytes_ = o.chunk_bytes_;
     o.dir_.clear();
     o.segs_.clear();
     o.seg_keys_.clear();
     o.sparse_entries_ = 0;
     o.flat_ = false;
+    o.flat_pages_ = 0;
     o.chunk_bytes_ = 0;
   }
   return *this;
@@ -439,6 +447,7 @@ void RunMap::MakeFlat() {
   seg_keys_.shrink_to_fit();
   sparse_entries_ = 0;
   flat_ = true;
+  flat_pages_ = pages_;
 }
 
 RunMap::Pos RunMap::SplitAt(uint64_t chunk) {
@@ -686,7 +695,7 @@ void RunMap::DenseAssign(Entry& e, uint32_t len, uint32_t a, uint32_t b, PageSta
   }
   DenseFill(w, a, b, static_cast<unsigned>(s));
   // A large range may have simplified the chunk a lot: recount at once.
-  if (uint64_t{b - a} * 16 >= len || --e.count == 0) RecheckDense(e, len);
+  if (uint64_t{b - a} * 16 >= len || --e.count == kDenseTag) RecheckDense(e, len);
 }
 
 void RunMap::RecheckDense(Entry& e, uint32_t len) {
@@ -699,7 +708,7 @@ void RunMap::RecheckDense(Entry& e, uint32_t len) {
   } else if (runs <= ListMaxRuns() / 2) {
     DenseToList(e, len, static_cast<uint32_t>(runs));
   } else {
-    e.count = kDenseRecheck;
+    e.count = kDenseTag + kDenseRecheck;
   }
 }
 
@@ -715,7 +724,7 @@ void RunMap::ListToDense(Entry& e, uint32_t len) {
   FreeEntry(e);
   e.kind = kDense;
   e.data = w;
-  e.count = kDenseRecheck;
+  e.count = kDenseTag + kDenseRecheck;
   chunk_bytes_ += words * sizeof(uint64_t);
 }
 

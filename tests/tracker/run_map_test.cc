@@ -585,5 +585,34 @@ TEST(RunMapTest, EmptyAndMoved) {
   EXPECT_EQ(c.Get(700), PageState::kPrivate);
 }
 
+// A flat map of dense chunks, moved (constructed, then assigned), keeps
+// converting single pages right: the inline path's copies of the
+// directory's form and the chunk size move with it.
+TEST(RunMapTest, MovedDenseMapConvertsSinglePagesAgainstModel) {
+  std::mt19937_64 rng(31);
+  constexpr uint64_t kPages = 64 * 64;
+  Model model(kPages, static_cast<uint8_t>(PageState::kPrivate));
+  auto convert = [&](RunMap& m, int n) {
+    for (int i = 0; i < n; ++i) {
+      const uint64_t p = rng() % kPages;
+      const auto s = static_cast<PageState>(rng() % 3);
+      m.Assign(p, p + 1, s);
+      model[p] = static_cast<uint8_t>(s);
+    }
+  };
+  RunMap a(kPages, PageState::kPrivate, 6);
+  convert(a, 3000);
+  ASSERT_GT(a.GetShape().dense, 32u);
+  ASSERT_EQ(a.GetShape().entries, 64u);  // flat: an entry a chunk
+  RunMap b(std::move(a));
+  convert(b, 3000);
+  EXPECT_TRUE(SameRuns(MapRuns(b, 0, kPages), ModelRuns(model, 0, kPages)));
+  RunMap c(5, PageState::kShared);
+  c = std::move(b);
+  convert(c, 3000);
+  EXPECT_TRUE(SameRuns(MapRuns(c, 0, kPages), ModelRuns(model, 0, kPages)));
+  EXPECT_GT(c.GetShape().dense, 32u);
+}
+
 }  // namespace
 }  // namespace cvmstate
