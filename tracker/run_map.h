@@ -178,17 +178,21 @@ class RunMap {
 
  private:
   enum Kind : uint8_t { kUniform = 0, kList = 1, kDense = 2 };
+  // Bits of Entry::cap: a list's capacity, and so its count, stays below
+  // 2^kCapBits.
+  static constexpr unsigned kCapBits = 13;
   struct Entry {
     void* data;       // list: uint16_t starts[cap] then uint8_t states[cap]; dense: uint64_t[]
     uint32_t count;   // list: runs held; dense: kDenseTag + conversions left until RecheckDense
-    uint16_t cap : 13;  // list: capacity in runs
+    uint16_t cap : kCapBits;  // list: capacity in runs
     // list: bit s set where the list may hold a run of state s. A superset,
     // set when a run of s is written and exact again only when the list is
     // rebuilt, so that a walk of one state passes lists without it unread.
-    uint16_t holds : 3;
+    uint16_t holds : kNumPageStates;
     uint8_t kind;
     uint8_t state;    // uniform: its state; list: see Fragmenting()
   };
+  static_assert(kCapBits + kNumPageStates <= 16, "cap and holds must share one uint16_t");
   static Entry UniformEntry(uint8_t state) {
     return Entry{
         .data = nullptr, .count = 0, .cap = 0, .holds = 0, .kind = kUniform, .state = state};
@@ -233,7 +237,7 @@ class RunMap {
   // Above this many runs a list chunk turns dense: past the break-even with
   // the dense form, capped so that inserting into a list stays cheap.
   static constexpr uint32_t kListMaxRunsCap = 512;
-  static_assert(kListMaxRunsCap * 2 < (1u << 13), "a list's capacity must fit Entry::cap");
+  static_assert(kListMaxRunsCap * 2 < (1u << kCapBits), "a list's capacity must fit Entry::cap");
   uint32_t ListMaxRuns() const {
     uint64_t even = chunk_pages() / 12;
     return static_cast<uint32_t>(even < 2 ? 2 : (even > kListMaxRunsCap ? kListMaxRunsCap : even));
@@ -299,7 +303,7 @@ class RunMap {
   // its capacity) or uniform entry's (0) reaches, so that one comparison,
   // count > kDenseTag + 1, says "dense and not due for its recount".
   static constexpr uint32_t kDenseTag = uint32_t{1} << 31;
-  static_assert(kDenseTag > (1u << 13),
+  static_assert(kDenseTag > (1u << kCapBits),
                 "a list's count, at most its capacity, must stay below the tag");
 
   // The walk behind ForEachRunOf and ForEachRunBatchOf. one(a, b) reports
