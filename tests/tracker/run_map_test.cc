@@ -402,9 +402,10 @@ TEST(RunMapTest, FragmentedChunkTurnsDenseAndBack) {
   EXPECT_EQ(wide.CountRuns(), 33u);  // page 5 of each chunk shared
 }
 
-// A list turns dense past 128 runs only if it grew by cutting its runs in
-// three (random single pages); a chunk written in order (a stream, a load)
-// or one that also grows otherwise stays a list up to 512 runs.
+// A list turns dense past 128 runs only if it grew by cutting single pages
+// out of its runs (random single pages); a chunk written in order (a
+// stream, a load), one that also grows otherwise, or one whose runs are
+// cut by ranges stays a list up to 512 runs.
 TEST(RunMapTest, OnlyAFragmentingListTurnsDenseBeforeItsCap) {
   std::mt19937_64 rng(12);
   {
@@ -443,6 +444,21 @@ TEST(RunMapTest, OnlyAFragmentingListTurnsDenseBeforeItsCap) {
     }
     EXPECT_EQ(grown.GetShape().dense, 0u);
     EXPECT_EQ(grown.GetShape().list, 1u);
+  }
+  {
+    // Ranges of 2 to 64 pages cut out of private runs (a guest's shared
+    // buffers): every change a cut in three, as with single pages.
+    RunMap cut(1 << 16, PageState::kPrivate, RunMap::kDefaultChunkShift);
+    while (cut.CountRuns() < 450) {
+      const uint64_t p = rng() % ((1 << 16) - 64), len = 2 + rng() % 63;
+      bool inner =
+          p > 0 && cut.Get(p - 1) == PageState::kPrivate && cut.Get(p + len) == PageState::kPrivate;
+      for (uint64_t q = p; inner && q < p + len; ++q) inner = cut.Get(q) == PageState::kPrivate;
+      if (!inner) continue;
+      cut.Assign(p, p + len, rng() % 2 ? PageState::kShared : PageState::kDiscarded);
+    }
+    EXPECT_EQ(cut.GetShape().dense, 0u);
+    EXPECT_EQ(cut.GetShape().list, 1u);
   }
 }
 
