@@ -251,9 +251,10 @@ class RunMap {
   // layout grows otherwise: its conversions extend, merge and replace runs
   // too, and where they cut runs in three they cut out ranges (buffers,
   // balloon extents), whose chunks end with far fewer runs than random
-  // pages leave, and which a walk of one state crosses 15 times faster as a
-  // list than as dense words (the 256 GiB CVM-like trace: 48-66 against
-  // 830-970 ns for such a chunk of 129-151 runs, most of a scan's time).
+  // pages leave, and which a walk of one state crosses over ten times
+  // faster as a list than as dense words (the 256 GiB CVM-like trace's
+  // chunks of 129-151 runs: 47-66 against 720-820 ns, turned dense they
+  // took a fifth of its scan).
   // A stream or a load writes a chunk's runs in order, changing the list's
   // last run each time. All of these stay lists up to ListMaxRuns(). A
   // fragmenting chunk turned dense holds at least 129 runs (128 bytes a
