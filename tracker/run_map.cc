@@ -654,8 +654,8 @@ void RunMap::ListAssign(Entry& e, uint32_t len, uint32_t a, uint32_t b, PageStat
   if (b == end_j && hi < n && ss[hi] == prev) ++hi;
   const uint32_t new_n = n - (hi - lo) + k;
   // Fragmenting() counts what is not a single page cut out of an inner run.
-  const bool inner_cut = k == 3 && i == j && j + 1 < n && b == a + 1;
-  if (!inner_cut && e.state < 255) ++e.state;
+  const bool single_page_cut = k == 3 && i == j && j + 1 < n && b == a + 1;
+  if (!single_page_cut && e.state < 255) ++e.state;
   if (new_n > ListMaxRuns() || Fragmenting(e, new_n)) {
     ListToDense(e, len);
     DenseAssign(e, len, a, b, s, changed);

@@ -451,9 +451,10 @@ TEST(RunMapTest, OnlyAFragmentingListTurnsDenseBeforeItsCap) {
     RunMap cut(1 << 16, PageState::kPrivate, RunMap::kDefaultChunkShift);
     while (cut.CountRuns() < 450) {
       const uint64_t p = rng() % ((1 << 16) - 64), len = 2 + rng() % 63;
-      bool inner =
-          p > 0 && cut.Get(p - 1) == PageState::kPrivate && cut.Get(p + len) == PageState::kPrivate;
-      for (uint64_t q = p; inner && q < p + len; ++q) inner = cut.Get(q) == PageState::kPrivate;
+      // [p - 1, p + len] all private: the range and a page either side.
+      bool inner = p > 0;
+      for (uint64_t q = p - 1; inner && q <= p + len; ++q)
+        inner = cut.Get(q) == PageState::kPrivate;
       if (!inner) continue;
       cut.Assign(p, p + len, rng() % 2 ? PageState::kShared : PageState::kDiscarded);
     }
